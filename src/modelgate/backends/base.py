@@ -1,0 +1,52 @@
+"""The backend seam: one small Protocol, one instance per endpoint.
+
+A backend turns one internal request into a stream of internal chunks.  It raises
+``modelgate.errors`` exceptions only (foreign exceptions are translated inside).
+Adding a backend is one file plus one line in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from modelgate.config import Config, EndpointConfig, ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class BackendContext:
+    """What the app lends every backend: the shared HTTP session and config."""
+
+    config: Config
+    http: aiohttp.ClientSession | None = None
+    # Owned elsewhere, shared here (e.g. the storage manager for local models).
+    services: Any = None
+
+
+class Backend(Protocol):
+    """One endpoint (or one in-process engine) of one model."""
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise InvalidRequest naming the parameter this backend cannot honour."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the answer.  Errors before the first chunk mean nothing was produced."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+    async def probe(self) -> ProbeResult:
+        """An active health probe; never a billed completion."""
+
+    async def close(self) -> None: ...
+
+
+class BackendFactory(Protocol):
+    def __call__(
+        self, model: ModelConfig, endpoint: EndpointConfig | None, ctx: BackendContext
+    ) -> Backend: ...

@@ -1,0 +1,329 @@
+"""The one config object: YAML file + ``MODELGATE_<SECTION>__<FIELD>`` overrides.
+
+Loaded once by the CLI (``load_config``) into a frozen ``Config`` and passed down.
+Nothing else reads the environment.  Unknown keys, wrong types, a missing file or
+an unreadable secret fail at start with a message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelgate.errors import ConfigError
+
+ENV_PREFIX = "MODELGATE_"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    access_log: bool = True
+    log_prompts: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cache_dir: str | None = None  # where the embedded default's demo model lives
+
+
+class LimitsConfig(_Frozen):
+    max_tokens: int = Field(8192, ge=1)
+    max_n: int = Field(8, ge=1)
+    max_stop: int = Field(4, ge=0)
+    max_top_logprobs: int = Field(20, ge=0)
+    max_messages: int = Field(2048, ge=1)
+    max_embedding_inputs: int = Field(2048, ge=1)
+
+
+class ApiKey(_Frozen):
+    key: str | None = None
+    key_env: str | None = None
+    name: str | None = None
+    models: tuple[str, ...] | None = None  # None: every model
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.key is None) == (self.key_env is None):
+            raise ValueError("give exactly one of 'key' or 'key_env'")
+        return self
+
+
+KeyEntry = str | ApiKey
+
+
+class AuthConfig(_Frozen):
+    api_keys: tuple[KeyEntry, ...] = ()
+    api_keys_file: str | None = None
+    api_keys_env: str | None = None  # name of a variable holding comma-separated keys
+    admin_keys: tuple[KeyEntry, ...] = ()
+    admin_keys_file: str | None = None
+    admin_keys_env: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(
+            self.api_keys
+            or self.api_keys_file
+            or self.api_keys_env
+            or self.admin_keys
+            or self.admin_keys_file
+            or self.admin_keys_env
+        )
+
+
+class HealthConfig(_Frozen):
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    jitter: float = Field(0.1, ge=0, le=1)
+    healthy_threshold: int = Field(1, ge=1)
+    unhealthy_threshold: int = Field(2, ge=1)
+    # passive outlier detection
+    consecutive_failures: int = Field(5, ge=1)
+    base_ejection_s: float = Field(5.0, gt=0)
+    max_ejection_s: float = Field(300.0, gt=0)
+
+
+class TimeoutsConfig(_Frozen):
+    connect_s: float = Field(2.0, gt=0)
+    first_token_s: float = Field(60.0, gt=0)
+    idle_s: float = Field(30.0, gt=0)
+    total_s: float = Field(600.0, gt=0)
+
+
+class RetryConfig(_Frozen):
+    max_attempts: int = Field(3, ge=1)
+    budget_ratio: float = Field(0.2, ge=0, le=1)  # retries per request, over a window
+    min_retries_per_s: float = Field(3.0, ge=0)
+
+
+class LaunchSpec(_Frozen):
+    kind: Literal["process", "container"]
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    # container only
+    image: str | None = None
+    volumes: Mapping[str, Mapping[str, str]] = Field(default_factory=dict)
+    ports: Mapping[str, int] = Field(default_factory=dict)
+    gpus: str | int | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    network_mode: str | None = None
+    luks_volume: str | None = None  # container path where the model's LUKS mount is bound (ro)
+    # lifecycle
+    start_timeout_s: float = Field(300.0, gt=0)
+    stop_timeout_s: float = Field(10.0, ge=0)
+    max_restarts: int = Field(5, ge=0)
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _by_kind(self) -> LaunchSpec:
+        if self.kind == "container" and not self.image:
+            raise ValueError("a container launch needs 'image'")
+        if self.kind == "process" and not self.command:
+            raise ValueError("a process launch needs 'command'")
+        return self
+
+
+class EndpointConfig(_Frozen):
+    url: str
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    weight: float = Field(1.0, gt=0)
+    max_in_flight: int = Field(64, ge=1)
+    launch: LaunchSpec | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.hostname.startswith("169.254.") or parts.hostname in ("metadata.google.internal",):
+            raise ValueError("link-local / metadata addresses are never allowed as upstreams")
+        return url.rstrip("/")
+
+
+class StorageSpec(_Frozen):
+    kind: Literal["luks"]
+    device: str
+    key_file: str | None = None
+    key_env: str | None = None
+    key_command: tuple[str, ...] | None = None
+    header: str | None = None
+    mount: str
+    name: str | None = None  # device-mapper name; default derived from the model id
+
+
+BackendName = Literal["local", "tgi", "openai"]
+
+
+class ModelConfig(_Frozen):
+    id: str = Field(min_length=1)
+    backend: BackendName
+    task: Literal["chat", "embedding"] = "chat"
+    aliases: tuple[str, ...] = ()
+    # local
+    path: str | None = None
+    key_file: str | None = None
+    key_env: str | None = None
+    key_command: tuple[str, ...] | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    trust_remote_code: bool = False
+    max_batch_size: int = Field(32, ge=1)
+    kv_cache_tokens: int | None = Field(None, ge=16)
+    # upstream
+    endpoints: tuple[EndpointConfig, ...] = ()
+    protocol: Literal["auto", "generate", "messages"] = "auto"
+    tokenizer: str | None = None  # a tokenizer/chat-template directory for TGI /generate
+    balance: Literal["p2c", "least_in_flight", "round_robin"] = "p2c"
+    queue_size: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(10.0, ge=0)
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    retry: RetryConfig = RetryConfig()
+    storage: StorageSpec | None = None
+    forward_params: tuple[str, ...] = ()  # vendor extras allowed through to upstreams
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _by_backend(self) -> ModelConfig:
+        if self.backend == "local":
+            if not self.path:
+                raise ValueError("a local model needs 'path'")
+            if self.endpoints:
+                raise ValueError("a local model has no 'endpoints' (run `modelgate worker` and use backend tgi)")
+        elif not self.endpoints:
+            raise ValueError(f"a {self.backend} model needs at least one entry in 'endpoints'")
+        return self
+
+
+class Config(_Frozen):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    health: HealthConfig = HealthConfig()
+    models: tuple[ModelConfig, ...] = ()
+    source: str = "<embedded default>"
+    # Secrets resolved at load (env vars named by *_env fields), so nothing later
+    # reads os.environ.  Excluded from repr and dumps.
+    secrets: Mapping[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        seen: set[str] = set()
+        for m in self.models:
+            for name in (m.id, *m.aliases):
+                if name in seen:
+                    raise ValueError(f"model id or alias {name!r} is used twice")
+                seen.add(name)
+        return self
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.id == model_id or model_id in m.aliases:
+                return m
+        return None
+
+    def secret(self, env_name: str) -> str:
+        try:
+            return self.secrets[env_name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: environment variable {env_name} is not set") from None
+
+
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
+    sections = set(Config.model_fields) - {"models", "source", "secrets"}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in sections:
+            raise ConfigError(f"{name}: unknown config section {path[0]!r} (known: {', '.join(sorted(sections))})")
+        node = raw.setdefault(path[0], {})
+        for key in path[1:-1]:
+            node = node.setdefault(key, {})
+        try:
+            node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: cannot parse value: {exc}") from exc
+
+
+def _collect_env_names(raw: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if isinstance(k, str) and k.endswith("_env") and isinstance(v, str):
+                names.add(v)
+            names |= _collect_env_names(v)
+    elif isinstance(raw, list):
+        for v in raw:
+            names |= _collect_env_names(v)
+    return names
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(raw: Mapping[str, Any], *, source: str, environ: Mapping[str, str]) -> Config:
+    data: dict[str, Any] = dict(raw)
+    _apply_env(data, environ, source)
+    secrets = {name: environ[name] for name in _collect_env_names(data) if name in environ}
+    data["source"] = source
+    data["secrets"] = secrets
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (or the empty default) and apply environment overrides."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return build_config({}, source="<embedded default>", environ=env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return build_config(raw, source=str(p), environ=env)

@@ -1,0 +1,241 @@
+"""The one error tree of modelgate.
+
+Every error that can reach a client is a ``ModelGateError`` subclass that carries
+its HTTP status, OpenAI ``type`` and ``code`` on the class.  Errors are raised,
+never returned; foreign exceptions (aiohttp, torch, subprocess, docker,
+cryptsetup) are translated where they enter with ``raise ... from exc``.
+
+Upstream failures additionally say how the router must treat them:
+``failover`` (try another endpoint before the first byte reached the client),
+``penalize`` (counts toward outlier ejection) and ``cooldown_s`` (cool the
+endpoint for that long, e.g. a 429's ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ModelGateError(Exception):
+    """Base of every modelgate error.  Renders as OpenAI's error body."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after + 0.499)))}
+
+
+# --- client errors -----------------------------------------------------------------
+
+
+class InvalidRequest(ModelGateError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(ModelGateError):
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(ModelGateError):
+    status = 403
+    type = "invalid_request_error"
+    default_code = "insufficient_permissions"
+
+
+class NotFound(ModelGateError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowed(ModelGateError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(ModelGateError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaType(ModelGateError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class RateLimited(ModelGateError):
+    """Too many requests: per-key limits, or every endpoint's queue is full."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    default_code = "rate_limit_exceeded"
+
+
+# --- server side -------------------------------------------------------------------
+
+
+class InternalError(ModelGateError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+class ServiceUnavailable(ModelGateError):
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
+
+
+class NoHealthyEndpoint(ServiceUnavailable):
+    default_code = "no_healthy_endpoint"
+
+
+class ShuttingDown(ServiceUnavailable):
+    default_code = "shutting_down"
+
+
+class OutOfMemory(ServiceUnavailable):
+    """The engine ran out of device memory for this request; the server lives on."""
+
+    default_code = "out_of_memory"
+
+
+class ModelNotReady(ServiceUnavailable):
+    default_code = "model_not_ready"
+
+
+# --- upstream ----------------------------------------------------------------------
+
+
+class UpstreamError(ModelGateError):
+    """An upstream endpoint failed.  502 unless a subclass says otherwise."""
+
+    status = 502
+    type = "server_error"
+    default_code = "bad_upstream_response"
+    failover: ClassVar[bool] = True
+    penalize: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        cooldown_s: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, retry_after=retry_after)
+        self.upstream_status = upstream_status
+        self.cooldown_s = cooldown_s
+
+
+class UpstreamConnectError(UpstreamError):
+    default_code = "upstream_unreachable"
+
+
+class UpstreamDisconnected(UpstreamError):
+    """The upstream stream ended or broke before a finish reason."""
+
+    default_code = "upstream_disconnected"
+
+
+class UpstreamMisconfigured(UpstreamError):
+    """Upstream said 401/403/404: our configuration is wrong, not the client."""
+
+    default_code = "upstream_misconfigured"
+
+
+class UpstreamOverloaded(UpstreamError):
+    """Upstream 429 or overloaded: fail over; the client gets 503 + Retry-After."""
+
+    status = 503
+    default_code = "upstream_overloaded"
+    penalize = False
+
+
+class UpstreamQuotaExceeded(UpstreamError):
+    """Upstream ``insufficient_quota``: never retried against the same endpoint."""
+
+    status = 503
+    default_code = "upstream_quota_exceeded"
+    penalize = False
+
+
+class UpstreamRejected(UpstreamError):
+    """Upstream 400/422: the request itself is bad.  No failover, no penalty."""
+
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+    failover = False
+    penalize = False
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "server_error"
+    default_code = "upstream_timeout"
+
+
+# --- start-up and local subsystems -------------------------------------------------
+
+
+class ConfigError(ModelGateError):
+    """Bad configuration.  The message names the file and the key."""
+
+    default_code = "config_error"
+
+
+class StorageError(ModelGateError):
+    status = 503
+    default_code = "storage_error"
+
+
+class SupervisorError(ModelGateError):
+    status = 503
+    default_code = "supervisor_error"
+
+
+class EngineError(ModelGateError):
+    status = 500
+    default_code = "engine_error"

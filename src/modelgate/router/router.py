@@ -1,0 +1,94 @@
+"""The router: model id -> pool of endpoints -> one backend call, with failover.
+
+Contract with ``api``:
+- ``resolve(name)`` returns the ModelConfig or raises ModelNotFound.
+- ``generate(request)`` is an async iterator of Chunks.  Any error raised before
+  the first chunk means nothing reached the client, so the api can still answer
+  with a proper HTTP status.  The first chunk yielded always carries content (the
+  role-only opening chunk is held back), so an upstream that dies before its
+  first token is failed over cleanly.
+- ``readiness()`` and ``snapshot()`` feed /ready, /admin/endpoints and check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from modelgate.backends.base import BackendContext
+from modelgate.config import Config, ModelConfig
+from modelgate.errors import ModelNotFound, NoHealthyEndpoint, UpstreamError
+from modelgate.router.pool import EndpointPool
+from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
+
+
+class Router:
+    def __init__(self, config: Config, ctx: BackendContext, *, lifecycle: Mapping[str, Any] | None = None):
+        self._config = config
+        self._ctx = ctx
+        self._lifecycle = lifecycle or {}
+        self._pools: dict[str, EndpointPool] = {}
+        self._names: dict[str, str] = {}
+        for m in config.models:
+            self._names[m.id] = m.id
+            for alias in m.aliases:
+                self._names[alias] = m.id
+
+    async def start(self) -> None:
+        for m in self._config.models:
+            pool = EndpointPool(m, self._ctx, health=self._config.health, lifecycle=self._lifecycle)
+            self._pools[m.id] = pool
+            await pool.start()
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+    @property
+    def models(self) -> tuple[ModelConfig, ...]:
+        return self._config.models
+
+    def resolve(self, name: str) -> ModelConfig:
+        model_id = self._names.get(name)
+        if model_id is None:
+            raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+        cfg = self._config.model(model_id)
+        assert cfg is not None
+        return cfg
+
+    def _pool(self, name: str) -> EndpointPool:
+        model = self.resolve(name)
+        pool = self._pools.get(model.id)
+        if pool is None:
+            raise NoHealthyEndpoint(f"model {model.id!r} is not started", retry_after=1)
+        return pool
+
+    def check(self, request: GenerationRequest) -> None:
+        self._pool(request.model).check(request)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        pool = self._pool(request.model)
+        async for chunk in pool.generate(request):
+            yield chunk
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        return await self._pool(request.model).embed(request)
+
+    def readiness(self) -> dict[str, str | None]:
+        """model id -> None when it has a usable endpoint, else the reason."""
+        out: dict[str, str | None] = {}
+        for m in self._config.models:
+            pool = self._pools.get(m.id)
+            out[m.id] = "not started" if pool is None else pool.unready_reason()
+        return out
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"id": m.id, "backend": m.backend, **self._pools[m.id].snapshot()}
+            for m in self._config.models
+            if m.id in self._pools
+        ]
+
+
+__all__ = ["Router", "UpstreamError"]

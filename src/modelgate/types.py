@@ -1,0 +1,136 @@
+"""Internal types: what flows between api, router, backends and engine.
+
+Frozen dataclasses, independent of any wire format.  ``wire/`` converts OpenAI
+and TGI JSON to and from these; nothing else does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+RequestKind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str | None = None
+    # Non-text content parts (images, audio...) as given; text parts are folded into
+    # ``content``.  A backend that cannot take them rejects the request.
+    parts: tuple[Mapping[str, Any], ...] = ()
+    name: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature is not None and self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One chat or text completion, as the router and backends see it."""
+
+    kind: RequestKind
+    model: str
+    sampling: SamplingParams
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: Any = None
+    response_format: Mapping[str, Any] | None = None
+    user: str | None = None
+    request_id: str = ""
+    # The names of the optional OpenAI parameters the client actually set, so a
+    # backend can say precisely which one it cannot honour.
+    params_set: frozenset[str] = frozenset()
+    # The client's JSON body, validated; the openai backend forwards it (renamed
+    # model, vendor extras stripped) instead of rebuilding it.
+    body: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of one choice's output.
+
+    A stream is a sequence of chunks; ``finish_reason`` set means that choice is
+    complete.  ``usage`` may arrive on a chunk of its own (``text`` empty).  A
+    non-streaming backend call yields the whole text of each choice as one chunk.
+    """
+
+    index: int = 0
+    text: str = ""
+    role: str | None = None
+    finish_reason: FinishReason | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    logprobs: Mapping[str, Any] | None = None
+    usage: Usage | None = None
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.text or self.tool_calls or self.finish_reason or self.logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...] | tuple[tuple[int, ...], ...]
+    dimensions: int | None = None
+    user: str | None = None
+    request_id: str = ""
+    body: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one active health probe found."""
+
+    ok: bool
+    latency_s: float = 0.0
+    detail: str = ""
+    auth_ok: bool | None = None
+    model_listed: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
