@@ -102,6 +102,8 @@ class Chunk:
     tool_calls: tuple[Mapping[str, Any], ...] = ()
     logprobs: Mapping[str, Any] | None = None
     usage: Usage | None = None
+    # Token ids behind ``text`` (local engine / TGI), for TGI-shaped answers.
+    token_ids: tuple[int, ...] = ()
 
     @property
     def has_content(self) -> bool:
