@@ -136,6 +136,22 @@ class LaunchSpec(_Frozen):
         return self
 
 
+class SupervisorConfig(_Frozen):
+    """What the supervisor needs beyond each endpoint's ``launch:``."""
+
+    docker_host: str = "unix:///var/run/docker.sock"  # Podman: unix:///run/podman/podman.sock
+    state_dir: str | None = None  # process state records; None: ~/.local/state/modelgate/supervisor
+    instance: str = Field("modelgate", min_length=1)  # the modelgate.owner label / state-record owner
+    reap_interval_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(2.0, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    degraded_after: int = Field(2, ge=1)  # failed health probes in a row: degraded
+    restart_after: int = Field(5, ge=1)  # failed health probes in a row: restart
+    stable_after_s: float = Field(60.0, ge=0)  # ready this long resets the crash-loop count
+    backoff_jitter: float = Field(0.2, ge=0, le=1)
+    log_lines: int = Field(50, ge=1)
+
+
 class EndpointConfig(_Frozen):
     url: str
     api_key_env: str | None = None
@@ -222,6 +238,7 @@ class Config(_Frozen):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     health: HealthConfig = HealthConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     models: tuple[ModelConfig, ...] = ()
     source: str = "<embedded default>"
     # Secrets resolved at load (env vars named by *_env fields), so nothing later
