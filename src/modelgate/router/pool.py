@@ -1,143 +1,218 @@
-"""A model's pool of endpoints: pick one, call it, fail over before the first byte.
+"""A model's pool of endpoints: admit, pick, call, fail over before the first byte.
 
-v0: least in-flight among usable endpoints, failover on UpstreamError.failover.
-Health probing, outlier ejection, queueing, retry budget and timeouts grow here.
+One ``generate`` call: admission (a free slot on a usable endpoint, else the
+bounded queue, else 429), then attempts.  An attempt that fails before any chunk
+was yielded is retried on another endpoint (never the same one twice) when the
+error allows failover, ``max_attempts`` is not reached and the retry budget has
+room.  After the first chunk every failure is raised as is.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modelgate.backends.base import Backend, BackendContext
+from modelgate.backends.base import BackendContext
 from modelgate.backends.registry import backend_factory
-from modelgate.config import EndpointConfig, HealthConfig, ModelConfig
-from modelgate.errors import NoHealthyEndpoint, UpstreamError
+from modelgate.config import HealthConfig, ModelConfig
+from modelgate.errors import NoHealthyEndpoint, UpstreamError, UpstreamTimeout
+from modelgate.router.balance import Balancer
+from modelgate.router.budget import RetryBudget
+from modelgate.router.endpoint import Endpoint
+from modelgate.router.events import RouterEvents
+from modelgate.router.health import HealthChecker
+from modelgate.router.outlier import OutlierDetector
+from modelgate.router.queue import AdmissionQueue
+from modelgate.router.streams import honest
+from modelgate.router.timeouts import with_timeouts
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
-
-
-class Endpoint:
-    def __init__(self, url: str, backend: Backend, config: EndpointConfig | None):
-        self.url = url
-        self.backend = backend
-        self.config = config
-        self.in_flight = 0
-        self.state = "healthy"
-
-    @property
-    def usable(self) -> bool:
-        return self.state in ("healthy", "half_open")
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"url": self.url, "state": self.state, "healthy": self.usable, "in_flight": self.in_flight}
 
 
 class EndpointPool:
     def __init__(
-        self, model: ModelConfig, ctx: BackendContext, *, health: HealthConfig, lifecycle: Mapping[str, Any]
-    ):
+        self,
+        model: ModelConfig,
+        ctx: BackendContext,
+        *,
+        health: HealthConfig,
+        lifecycle: Any,
+        events: RouterEvents,
+        rng: random.Random | None = None,
+    ) -> None:
         self.model = model
         self._ctx = ctx
-        self._health = health
         self._lifecycle = lifecycle
+        self._events = events
         self.endpoints: list[Endpoint] = []
+        self._outlier = OutlierDetector(health)
+        self._budget = RetryBudget(model.retry)
+        self._balancer = Balancer(model.balance, rng)
+        self._queue = AdmissionQueue(
+            model.id, model.queue_size, model.queue_timeout_s, lambda n: events.queue_depth(model.id, n)
+        )
+        self._health = HealthChecker(self.endpoints, health, on_change=self._queue.notify_all, rng=rng)
+        self._health_cfg = health
 
     async def start(self) -> None:
         factory = backend_factory(self.model.backend)
         if self.model.backend == "local":
-            self.endpoints.append(Endpoint(f"local://{self.model.id}", factory(self.model, None, self._ctx), None))
-        for ep in self.model.endpoints:
-            self.endpoints.append(Endpoint(ep.url, factory(self.model, ep, self._ctx), ep))
+            self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None)
+        for cfg in self.model.endpoints:
+            self._add(cfg.url, factory(self.model, cfg, self._ctx), cfg)
+        self._health.start()
+
+    def _add(self, url: str, backend: Any, cfg: Any) -> None:
+        lookup: Callable[[], Any] = lambda: self._lifecycle.get(url)  # noqa: E731  (read at use: it changes)
+        self.endpoints.append(
+            Endpoint(self.model.id, url, backend, cfg, events=self._events, lifecycle=lookup)
+        )
 
     async def close(self) -> None:
+        await self._health.close()
         for ep in self.endpoints:
             await ep.backend.close()
 
-    def _candidates(self, exclude: set[str]) -> list[Endpoint]:
-        return [e for e in self.endpoints if e.usable and e.url not in exclude]
+    # --- admission ------------------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> None:
         if self.endpoints:
             self.endpoints[0].backend.check(request)
 
-    def _pick(self, exclude: set[str]) -> Endpoint:
-        candidates = self._candidates(exclude)
-        if not candidates:
-            raise NoHealthyEndpoint(f"no healthy endpoint for model {self.model.id!r}", retry_after=1)
-        return min(candidates, key=lambda e: e.in_flight)
+    def _no_endpoint(self, exclude: set[str]) -> NoHealthyEndpoint:
+        waits = [w for e in self.endpoints if e.url not in exclude and (w := e.available_in()) is not None]
+        retry = min(waits) if waits else self._health_cfg.interval_s
+        states = ", ".join(f"{e.url} {e.note_state()}" for e in self.endpoints)
+        return NoHealthyEndpoint(
+            f"no healthy endpoint for model {self.model.id!r} ({states})", retry_after=retry
+        )
+
+    def _take(self, exclude: set[str]) -> Endpoint | None:
+        free = [e for e in self.endpoints if e.url not in exclude and e.usable and e.has_capacity]
+        if not free:
+            if not any(e.url not in exclude and e.usable for e in self.endpoints):
+                raise self._no_endpoint(exclude)
+            return None
+        ep = self._balancer.pick(free)
+        ep.in_flight += 1
+        return ep
+
+    async def _acquire(self, exclude: set[str]) -> Endpoint:
+        if not any(e.url not in exclude and e.usable for e in self.endpoints):
+            raise self._no_endpoint(exclude)
+        return await self._queue.admit(lambda: self._take(exclude))
+
+    def _release(self, ep: Endpoint) -> None:
+        ep.in_flight -= 1
+        self._queue.notify()
+
+    def _retry_allowed(self, exc: UpstreamError, attempt: int, ep: Endpoint) -> bool:
+        if not exc.failover or attempt >= self.model.retry.max_attempts:
+            return False
+        if not self._budget.try_retry():
+            return False
+        self._events.retry(self.model.id, ep.url, exc.code or type(exc).__name__)
+        return True
+
+    # --- calls ----------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self._budget.request()
         tried: set[str] = set()
         last: UpstreamError | None = None
-        for _ in range(self.model.retry.max_attempts):
+        for attempt in range(1, self.model.retry.max_attempts + 1):
             try:
-                ep = self._pick(tried)
+                ep = await self._acquire(tried)
             except NoHealthyEndpoint:
                 if last is not None:
                     raise last from None
                 raise
             tried.add(ep.url)
-            ep.in_flight += 1
             sent = False
+            started = time.monotonic()
             try:
-                held: Chunk | None = None
-                async for chunk in ep.backend.generate(request):
-                    if not sent and not chunk.has_content and chunk.usage is None:
-                        held = chunk  # role-only opening chunk: hold until content
-                        continue
-                    if not sent and held is not None:
-                        chunk = Chunk(
-                            index=chunk.index,
-                            text=chunk.text,
-                            role=held.role,
-                            finish_reason=chunk.finish_reason,
-                            tool_calls=chunk.tool_calls,
-                            logprobs=chunk.logprobs,
-                            usage=chunk.usage,
-                        )
-                        held = None
-                    sent = True
+                stream = with_timeouts(
+                    honest(ep.backend.generate(request), where=ep.url),
+                    self.model.timeouts,
+                    streaming=request.stream,
+                    where=ep.url,
+                )
+                async for chunk in stream:
+                    if not sent:
+                        sent = True
+                        latency = time.monotonic() - started
                     yield chunk
+                self._outlier.success(ep, latency if sent else None)
+                self._events.attempt(self.model.id, ep.url, "ok")
                 return
             except UpstreamError as exc:
-                if sent or not exc.failover:
+                self._failed(ep, exc)
+                if sent or not self._retry_allowed(exc, attempt, ep):
                     raise
                 last = exc
+            except (asyncio.CancelledError, GeneratorExit):
+                self._events.attempt(self.model.id, ep.url, "cancelled")
+                raise
             finally:
-                ep.in_flight -= 1
+                self._release(ep)
         assert last is not None
         raise last
 
+    def _failed(self, ep: Endpoint, exc: UpstreamError) -> None:
+        self._outlier.failure(ep, exc)
+        self._events.attempt(self.model.id, ep.url, exc.code or type(exc).__name__)
+        if not ep.usable:
+            self._queue.notify_all()  # waiters may now need to fail fast or go elsewhere
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        self._budget.request()
         tried: set[str] = set()
         last: UpstreamError | None = None
-        for _ in range(self.model.retry.max_attempts):
+        for attempt in range(1, self.model.retry.max_attempts + 1):
             try:
-                ep = self._pick(tried)
+                ep = await self._acquire(tried)
             except NoHealthyEndpoint:
                 if last is not None:
                     raise last from None
                 raise
             tried.add(ep.url)
-            ep.in_flight += 1
+            started = time.monotonic()
             try:
-                return await ep.backend.embed(request)
-            except UpstreamError as exc:
-                if not exc.failover:
-                    raise
-                last = exc
+                async with asyncio.timeout(self.model.timeouts.total_s):
+                    result = await ep.backend.embed(request)
+            except TimeoutError:
+                exc: UpstreamError = _timeout(ep.url)
+            except UpstreamError as err:
+                exc = err
+            else:
+                self._outlier.success(ep, time.monotonic() - started)
+                self._events.attempt(self.model.id, ep.url, "ok")
+                return result
             finally:
-                ep.in_flight -= 1
+                self._release(ep)
+            self._failed(ep, exc)
+            if not self._retry_allowed(exc, attempt, ep):
+                raise exc
+            last = exc
         assert last is not None
         raise last
+
+    # --- visibility -----------------------------------------------------------------
 
     def unready_reason(self) -> str | None:
         if any(e.usable for e in self.endpoints):
             return None
-        return "no healthy endpoint: " + ", ".join(f"{e.url} {e.state}" for e in self.endpoints)
+        return "no healthy endpoint: " + ", ".join(f"{e.url} {e.note_state()}" for e in self.endpoints)
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "ready": self.unready_reason() is None,
+            "queue_depth": self._queue.depth,
             "endpoints": [e.snapshot() for e in self.endpoints],
         }
+
+
+def _timeout(url: str) -> UpstreamError:
+    return UpstreamTimeout(f"{url}: no answer within the total timeout")

@@ -12,21 +12,35 @@ Contract with ``api``:
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from modelgate.backends.base import BackendContext
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelNotFound, NoHealthyEndpoint, UpstreamError
+from modelgate.router.events import RouterEvents, resolve_events
 from modelgate.router.pool import EndpointPool
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
 
 class Router:
-    def __init__(self, config: Config, ctx: BackendContext, *, lifecycle: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        ctx: BackendContext,
+        *,
+        lifecycle: Mapping[str, Any] | None = None,
+        events: RouterEvents | None = None,
+        rng: random.Random | None = None,
+    ):
         self._config = config
         self._ctx = ctx
-        self._lifecycle = lifecycle or {}
+        # endpoint URL -> supervisor handle with ``.state`` and ``.info()``; read at use,
+        # so the supervisor may fill the mapping after the router was built.
+        self._lifecycle: Mapping[str, Any] = lifecycle if lifecycle is not None else {}
+        self.events = resolve_events(events, ctx.services)
+        self._rng = rng
         self._pools: dict[str, EndpointPool] = {}
         self._names: dict[str, str] = {}
         for m in config.models:
@@ -36,7 +50,14 @@ class Router:
 
     async def start(self) -> None:
         for m in self._config.models:
-            pool = EndpointPool(m, self._ctx, health=self._config.health, lifecycle=self._lifecycle)
+            pool = EndpointPool(
+                m,
+                self._ctx,
+                health=self._config.health,
+                lifecycle=self._lifecycle,
+                events=self.events,
+                rng=self._rng,
+            )
             self._pools[m.id] = pool
             await pool.start()
 
@@ -52,7 +73,9 @@ class Router:
     def resolve(self, name: str) -> ModelConfig:
         model_id = self._names.get(name)
         if model_id is None:
-            raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+            raise ModelNotFound(
+                f"The model `{name}` does not exist or you do not have access to it.", param="model"
+            )
         cfg = self._config.model(model_id)
         assert cfg is not None
         return cfg

@@ -1,0 +1,43 @@
+"""Which free endpoint gets the next request.
+
+``p2c`` (default): power of two choices on least in-flight per unit of weight;
+``least_in_flight``: the global minimum (ties broken at random);
+``round_robin``: in turn.  Pure policy over the candidates it is given.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal
+
+from modelgate.router.endpoint import Endpoint
+
+Mode = Literal["p2c", "least_in_flight", "round_robin"]
+
+
+def _load(ep: Endpoint) -> float:
+    return (ep.in_flight + 1) / ep.weight
+
+
+class Balancer:
+    def __init__(self, mode: Mode = "p2c", rng: random.Random | None = None) -> None:
+        self._mode = mode
+        self._rng = rng or random.Random()
+        self._turn = 0
+
+    def pick(self, candidates: Sequence[Endpoint]) -> Endpoint:
+        if len(candidates) == 1:
+            return candidates[0]
+        if self._mode == "round_robin":
+            self._turn += 1
+            return candidates[self._turn % len(candidates)]
+        if self._mode == "least_in_flight":
+            low = min(_load(e) for e in candidates)
+            return self._rng.choice([e for e in candidates if _load(e) == low])
+        a, b = self._rng.sample(candidates, 2)
+        la, lb = _load(a), _load(b)
+        if la == lb:
+            # equal load: prefer by weight, so weights still shape an idle pool
+            return a if self._rng.random() * (a.weight + b.weight) < a.weight else b
+        return a if la < lb else b

@@ -1,0 +1,54 @@
+"""What the router tells the metrics module: a small Protocol with a no-op default.
+
+The api's metrics module implements ``RouterEvents`` (Prometheus counters and
+gauges) and hands it to the Router as ``events=`` or as
+``BackendContext.services.events``.  Every method must be cheap and must not raise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class RouterEvents(Protocol):
+    def state_change(self, model: str, url: str, old: str, new: str) -> None:
+        """An endpoint's public state changed (starting, healthy, unhealthy, ejected, ...)."""
+
+    def retry(self, model: str, url: str, reason: str) -> None:
+        """A request failed on ``url`` and is being retried elsewhere; ``reason`` is the error code."""
+
+    def ejection(self, model: str, url: str, seconds: float) -> None:
+        """Passive outlier detection ejected ``url`` for ``seconds``."""
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        """Requests waiting for a free endpoint slot."""
+
+    def attempt(self, model: str, url: str, outcome: str) -> None:
+        """One upstream attempt finished: ``ok``, an error code, or ``cancelled``."""
+
+
+class NullEvents:
+    """The default: records nothing."""
+
+    def state_change(self, model: str, url: str, old: str, new: str) -> None:
+        pass
+
+    def retry(self, model: str, url: str, reason: str) -> None:
+        pass
+
+    def ejection(self, model: str, url: str, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        pass
+
+    def attempt(self, model: str, url: str, outcome: str) -> None:
+        pass
+
+
+def resolve_events(explicit: RouterEvents | None, services: Any) -> RouterEvents:
+    """The explicit ``events`` argument, else ``services.events``, else a no-op."""
+    if explicit is not None:
+        return explicit
+    found = getattr(services, "events", None) if services is not None else None
+    return found if found is not None else NullEvents()

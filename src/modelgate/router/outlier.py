@@ -1,0 +1,55 @@
+"""Passive outlier detection: what live traffic says about an endpoint.
+
+- ``consecutive_failures`` penalized failures in a row (5xx, 424, connect errors,
+  resets, timeouts, garbage) eject the endpoint for ``base_ejection_s`` times the
+  number of times it has been ejected, up to ``max_ejection_s`` (Envoy's rule).
+  The count decays: after ``max_ejection_s`` of health it starts again from one.
+- an upstream 502/503/504 counts too, even when it is not penalized (Envoy's
+  ``consecutive_gateway_failure``);
+- an error carrying ``cooldown_s`` (429 ``Retry-After``, ``insufficient_quota``,
+  401/403/404) cools the endpoint for that long: no traffic, no state change;
+  a 429 without ``Retry-After`` cools it for one second;
+- a client disconnect is not the endpoint's fault and counts for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from modelgate.config import HealthConfig
+from modelgate.errors import UpstreamError, UpstreamOverloaded
+from modelgate.router.endpoint import Clock, Endpoint
+
+_GATEWAY_FAILURES = frozenset({502, 503, 504})
+_DEFAULT_429_COOLDOWN_S = 1.0
+
+
+class OutlierDetector:
+    def __init__(self, health: HealthConfig, clock: Clock = time.monotonic) -> None:
+        self._cfg = health
+        self._clock = clock
+
+    def success(self, ep: Endpoint, latency_s: float | None) -> None:
+        ep.requests += 1
+        ep.consecutive_failures = 0
+        ep.window.record(True, latency_s)
+        if ep.ejections and self._clock() - ep.healthy_since > self._cfg.max_ejection_s:
+            ep.ejections = 0
+
+    def failure(self, ep: Endpoint, exc: UpstreamError) -> None:
+        ep.requests += 1
+        ep.failures += 1
+        ep.window.record(False, None)
+        cooldown = exc.cooldown_s
+        if cooldown is None and isinstance(exc, UpstreamOverloaded) and exc.upstream_status == 429:
+            cooldown = _DEFAULT_429_COOLDOWN_S
+        if cooldown:
+            ep.cool(cooldown)
+        if not (exc.penalize or exc.upstream_status in _GATEWAY_FAILURES):
+            return
+        ep.consecutive_failures += 1
+        if ep.consecutive_failures >= self._cfg.consecutive_failures and ep.state != "ejected":
+            ep.eject(self.ejection_time(ep.ejections + 1))
+
+    def ejection_time(self, times: int) -> float:
+        return min(self._cfg.base_ejection_s * times, self._cfg.max_ejection_s)

@@ -1,0 +1,43 @@
+"""Honest streams: what the router guarantees about any backend's chunks.
+
+- the first chunk yielded carries content: role-only and other empty opening
+  chunks are held back and their role is merged into the first real chunk, so an
+  upstream that dies before its first token can still be failed over cleanly;
+- a stream that ends before every choice it opened has a ``finish_reason`` (or
+  that yields nothing at all) is an ``UpstreamDisconnected``: a finish reason is
+  never invented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from modelgate.errors import UpstreamDisconnected
+from modelgate.types import Chunk
+
+
+async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[Chunk]:
+    held: Chunk | None = None
+    sent = False
+    open_choices: set[int] = set()
+    finished: set[int] = set()
+    async with aclosing(stream) as it:  # type: ignore[type-var]
+        async for chunk in it:
+            if not sent and not chunk.has_content and chunk.usage is None:
+                held = held or chunk  # keep the first role we were given
+                open_choices.add(chunk.index)
+                continue
+            if held is not None:
+                if held.role and not chunk.role and held.index == chunk.index:
+                    chunk = dataclasses.replace(chunk, role=held.role)
+                held = None
+            sent = True
+            if chunk.has_content:
+                open_choices.add(chunk.index)
+            if chunk.finish_reason is not None:
+                finished.add(chunk.index)
+            yield chunk
+    if not finished or open_choices - finished:
+        raise UpstreamDisconnected(f"{where}: the stream ended before a finish reason")
