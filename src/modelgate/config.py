@@ -314,6 +314,10 @@ def _format_validation(source: str, exc: ValidationError) -> str:
 def build_config(raw: Mapping[str, Any], *, source: str, environ: Mapping[str, str]) -> Config:
     data: dict[str, Any] = dict(raw)
     _apply_env(data, environ, source)
+    server = data.setdefault("server", {})
+    if isinstance(server, dict) and not server.get("cache_dir"):
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME", "."), ".cache")
+        server["cache_dir"] = os.path.join(base, "modelgate")
     secrets = {name: environ[name] for name in _collect_env_names(data) if name in environ}
     data["source"] = source
     data["secrets"] = secrets

@@ -1,0 +1,102 @@
+"""The aiohttp application: routes, the one middleware, and the lifespan that owns
+every long-lived object (HTTP session, storage, supervisor, router)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from modelgate.api import openai_routes, ops
+from modelgate.api.auth import KeyStore
+from modelgate.api.middleware import State, gateway_middleware
+from modelgate.backends.base import BackendContext
+from modelgate.config import Config
+from modelgate.metrics import Metrics
+from modelgate.router.router import Router
+
+log = logging.getLogger("modelgate.app")
+
+ROUTER = web.AppKey("router", Router)
+STATE = web.AppKey("state", State)
+SERVICES = web.AppKey("services", object)
+
+
+@dataclass
+class Services:
+    """Side services the app owns for its lifetime; each optional."""
+
+    storage: Any = None
+    supervisor: Any = None
+    events: Any = None  # router/supervisor event sink (the app's Metrics)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _needs_storage(config: Config) -> bool:
+    return any(m.storage is not None for m in config.models)
+
+
+def _needs_supervisor(config: Config) -> bool:
+    return any(ep.launch is not None for m in config.models for ep in m.endpoints)
+
+
+async def _lifespan(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    config = state.config
+    services: Services = app[SERVICES]  # type: ignore[assignment]
+    if services.events is None:
+        services.events = state.metrics
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    http = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    router: Router | None = None
+    try:
+        if services.storage is None and _needs_storage(config):
+            from modelgate.storage.manager import StorageManager
+
+            services.storage = StorageManager(config)
+            await services.storage.open_all()
+        if services.supervisor is None and _needs_supervisor(config):
+            from modelgate.supervisor.supervisor import Supervisor
+
+            services.supervisor = Supervisor(config, storage=services.storage)
+            await services.supervisor.start()
+        lifecycle = services.supervisor.lifecycle if services.supervisor is not None else None
+        ctx = BackendContext(config=config, http=http, services=services)
+        router = Router(config, ctx, lifecycle=lifecycle)
+        await router.start()
+        app[ROUTER] = router
+        state.router = router
+        yield
+    finally:
+        state.draining = True
+        if router is not None:
+            await router.close()
+        if services.supervisor is not None:
+            await services.supervisor.stop()
+        if services.storage is not None:
+            await services.storage.close_all()
+        await http.close()
+
+
+def build_app(
+    config: Config,
+    *,
+    services: Services | None = None,
+    extra_routes: Callable[[web.Application], None] | None = None,
+) -> web.Application:
+    state = State(config=config, keys=KeyStore(config), metrics=Metrics())
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.server.max_body_bytes)
+    app[STATE] = state
+    app[SERVICES] = services or Services()
+    openai_routes.register(app)
+    ops.register(app)
+    if extra_routes is not None:
+        extra_routes(app)
+    app.cleanup_ctx.append(_lifespan)
+    return app

@@ -1,0 +1,126 @@
+"""API keys: loaded once, kept only as HMAC-SHA256 digests, compared in constant time.
+
+Keys come from config, a file (one key per line, ``#`` comments) or an environment
+variable (comma-separated; resolved by ``config.py``).  Each key may be scoped to
+models.  Admin keys reach ``/admin/*`` and nothing else needs them.  Repeated
+failures from one client address are rate-limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from modelgate.config import ApiKey, AuthConfig, Config, KeyEntry
+from modelgate.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
+
+FAILURES_PER_MINUTE = 30
+Scope = Literal["inference", "admin", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    admin: bool
+    models: frozenset[str] | None  # None: every model
+
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
+
+ANONYMOUS = Principal("anonymous", admin=True, models=None)
+
+
+def _read_key_file(path: str, source: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read key file {path}: {exc.strerror}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+class KeyStore:
+    """Digests of the configured keys and what each may do."""
+
+    def __init__(self, config: Config) -> None:
+        self._pepper = secrets.token_bytes(32)
+        self._keys: dict[bytes, Principal] = {}
+        auth: AuthConfig = config.auth
+        self.enabled = auth.configured
+        self._failures: dict[str, list[float]] = {}
+        self._load(config, auth.api_keys, auth.api_keys_file, auth.api_keys_env, admin=False)
+        self._load(config, auth.admin_keys, auth.admin_keys_file, auth.admin_keys_env, admin=True)
+        if self.enabled and not self._keys:
+            raise ConfigError(f"{config.source}: auth is configured but no key could be loaded")
+
+    def _digest(self, key: str) -> bytes:
+        return hmac.new(self._pepper, key.encode("utf-8"), hashlib.sha256).digest()
+
+    def _add(self, key: str, principal: Principal, source: str) -> None:
+        if len(key) < 16:
+            raise ConfigError(f"{source}: API key {principal.name!r} is shorter than 16 characters")
+        self._keys[self._digest(key)] = principal
+
+    def _load(
+        self, config: Config, entries: Iterable[KeyEntry], file: str | None, env: str | None, *, admin: bool
+    ) -> None:
+        kind = "admin" if admin else "api"
+        src = config.source
+        for i, entry in enumerate(entries):
+            if isinstance(entry, ApiKey):
+                key = entry.key if entry.key is not None else config.secret(entry.key_env or "")
+                scope = frozenset(entry.models) if entry.models is not None else None
+                self._add(key, Principal(entry.name or f"{kind}-{i}", admin, scope), src)
+            else:
+                self._add(entry, Principal(f"{kind}-{i}", admin, None), src)
+        if file:
+            for i, key in enumerate(_read_key_file(file, src)):
+                self._add(key, Principal(f"{kind}-file-{i}", admin, None), src)
+        if env:
+            for i, key in enumerate(k.strip() for k in config.secret(env).split(",") if k.strip()):
+                self._add(key, Principal(f"{kind}-env-{i}", admin, None), src)
+
+    def authenticate(self, header: str | None, client: str, *, scope: Scope) -> Principal:
+        if not self.enabled:
+            return ANONYMOUS
+        self._throttle(client)
+        token = None
+        if header and header[:7].lower() == "bearer ":
+            token = header[7:].strip()
+        principal = None
+        if token:
+            digest = self._digest(token)
+            found = self._keys.get(digest)
+            # the dict lookup found a candidate by digest; confirm in constant time
+            for known in (digest,) if found else ():
+                if hmac.compare_digest(known, digest):
+                    principal = found
+        if principal is None:
+            self._fail(client)
+            raise AuthenticationFailed("Incorrect API key provided." if token else "Missing API key.")
+        if scope == "admin" and not principal.admin:
+            raise PermissionDenied("This key may not use the admin API.")
+        if scope == "inference" and principal.admin:
+            raise PermissionDenied("Admin keys may not be used for inference; use an API key.")
+        return principal
+
+    def _throttle(self, client: str) -> None:
+        times = self._failures.get(client)
+        if times and len(times) >= FAILURES_PER_MINUTE:
+            now = time.monotonic()
+            times[:] = [t for t in times if now - t < 60]
+            if len(times) >= FAILURES_PER_MINUTE:
+                raise RateLimited(
+                    "Too many failed authentication attempts.", retry_after=60 - (now - times[0])
+                )
+
+    def _fail(self, client: str) -> None:
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        self._failures.setdefault(client, []).append(time.monotonic())

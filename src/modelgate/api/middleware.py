@@ -1,0 +1,127 @@
+"""The one middleware: request id, auth (deny by default), OpenAI-shaped errors,
+access log and request metrics.  One layer, because every layer costs per request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from modelgate.api.auth import KeyStore, Principal, Scope
+from modelgate.config import Config
+from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound, PayloadTooLarge
+from modelgate.metrics import Metrics
+
+if TYPE_CHECKING:
+    from modelgate.router.router import Router
+
+log = logging.getLogger("modelgate.access")
+
+# The only routes reachable without a key.  Everything else, including unknown
+# paths, answers 401 first when auth is on.
+OPEN_ROUTES = frozenset({"/health", "/ready"})
+_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class State:
+    """Per-app state the handlers share (set in build_app and the lifespan)."""
+
+    config: Config
+    keys: KeyStore
+    metrics: Metrics
+    router: Router | None = None
+    draining: bool = False
+    started: float = field(default_factory=time.time)
+
+
+def _scope(path: str) -> Scope:
+    if path.startswith("/admin/") or path == "/admin":
+        return "admin"
+    if path in ("/metrics", "/openapi.json"):
+        return "any"
+    return "inference"
+
+
+def error_response(exc: ModelGateError, rid: str) -> web.Response:
+    headers = {"x-request-id": rid, **exc.headers()}
+    return web.Response(
+        status=exc.status, body=orjson.dumps(exc.to_body()), content_type="application/json", headers=headers
+    )
+
+
+def _translate_http(exc: web.HTTPException) -> ModelGateError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Unknown route.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.")
+    return ModelGateError(exc.reason or "error")
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    from modelgate.api.app import STATE
+
+    state: State = request.app[STATE]
+    start = time.perf_counter()
+    incoming = request.headers.get("x-request-id")
+    rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()
+    request["rid"] = rid
+    path = request.path
+    status = 500
+    try:
+        if path not in OPEN_ROUTES:
+            principal: Principal = state.keys.authenticate(
+                request.headers.get("Authorization"), request.remote or "?", scope=_scope(path)
+            )
+            request["principal"] = principal
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["x-request-id"] = rid
+        return response
+    except ModelGateError as exc:
+        status = exc.status
+        return error_response(exc, rid)
+    except web.HTTPException as exc:
+        err = _translate_http(exc)
+        status = exc.status if err.status == 500 else err.status
+        if err.status == 500:  # another framework status: keep it, in OpenAI's shape
+            resp = error_response(err, rid)
+            resp.set_status(exc.status)
+            return resp
+        return error_response(err, rid)
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": rid, "path": path})
+        status = 500
+        return error_response(InternalError("The server had an error while processing your request."), rid)
+    finally:
+        elapsed = time.perf_counter() - start
+        model = request.get("model", "")
+        route = request.get("route", "other")
+        if route != "other":
+            state.metrics.requests.labels(model, route, str(status)).inc()
+            state.metrics.latency.labels(model, route).observe(elapsed)
+        if state.config.server.access_log:
+            log.info(
+                "request",
+                extra={
+                    "request_id": rid,
+                    "method": request.method,
+                    "path": path,
+                    "status": status,
+                    "model": model or None,
+                    "ms": round(elapsed * 1000, 2),
+                    "ttft_ms": request.get("ttft_ms"),
+                    "prompt_tokens": request.get("prompt_tokens"),
+                    "completion_tokens": request.get("completion_tokens"),
+                },
+            )

@@ -1,0 +1,201 @@
+"""OpenAI routes.  Thin: read the body, convert, call the router, render."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from modelgate.api.middleware import State
+from modelgate.api.streaming import stream_sse
+from modelgate.errors import (
+    InvalidRequest,
+    ModelGateError,
+    ModelNotFound,
+    PayloadTooLarge,
+    ShuttingDown,
+    UnsupportedMediaType,
+)
+from modelgate.router.router import Router
+from modelgate.types import Chunk, GenerationRequest, Usage
+from modelgate.wire import convert, render
+
+_JSON_TYPES = frozenset({"application/json", ""})
+
+
+def _state(request: web.Request) -> State:
+    from modelgate.api.app import STATE
+
+    return request.app[STATE]
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    if request.content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType("Content-Type must be application/json.")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid UTF-8 JSON."
+        ) from None
+
+
+def _model(state: State, request: web.Request, body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    assert state.router is not None
+    model = state.router.resolve(name)
+    principal = request.get("principal")
+    if principal is not None and not principal.may_use(model.id):
+        raise ModelNotFound(
+            f"The model `{name}` does not exist or you do not have access to it.", param="model"
+        )
+    request["model"] = model.id
+    return model
+
+
+def _router(state: State) -> Router:
+    if state.draining or state.router is None:
+        raise ShuttingDown("The server is shutting down.", retry_after=1)
+    return state.router
+
+
+async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
+    state = _state(request)
+    router = _router(state)
+    request["route"] = kind
+    body = await read_json(request, state.config.server.max_body_bytes)
+    model = _model(state, request, body)
+    limits = state.config.limits
+    rid = request["rid"]
+    if kind == "chat":
+        req = convert.chat_request(body, model, limits, rid)
+    else:
+        req = convert.completion_request(body, model, limits, rid)
+    router.check(req)
+    out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
+    gen = router.generate(req)
+    metrics = state.metrics
+    metrics.in_flight.labels(model.id).inc()
+    started = time.perf_counter()
+    try:
+        first = await _first(gen)
+        request["ttft_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        metrics.ttft.labels(model.id).observe(time.perf_counter() - started)
+        if req.stream:
+            resp = await stream_sse(
+                request, req, gen, first, render.ChunkRenderer(req, out_id, body["model"])
+            )
+            _count_tokens(request, state, model.id, request.get("usage"))
+            return resp
+        agg = render.Aggregator()
+        if first is not None:
+            agg.add(first)
+        async for chunk in gen:
+            agg.add(chunk)
+        _count_tokens(request, state, model.id, agg.usage)
+        created = int(time.time())
+        data = (
+            agg.chat_body(out_id, body["model"], created)
+            if kind == "chat"
+            else agg.completion_body(out_id, body["model"], created)
+        )
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+    finally:
+        metrics.in_flight.labels(model.id).dec()
+        await gen.aclose()
+
+
+async def _first(gen: AsyncIterator[Chunk]) -> Chunk | None:
+    try:
+        return await gen.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _count_tokens(request: web.Request, state: State, model: str, usage: Usage | None) -> None:
+    if usage is None:
+        return
+    request["prompt_tokens"] = usage.prompt_tokens
+    request["completion_tokens"] = usage.completion_tokens
+    state.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+    state.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completion")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    router = _router(state)
+    request["route"] = "embeddings"
+    body = await read_json(request, state.config.server.max_body_bytes)
+    model = _model(state, request, body)
+    if model.task != "embedding" and model.backend == "local":
+        raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
+    req = convert.embedding_request(body, model, state.config.limits, request["rid"])
+    result = await router.embed(req)
+    if req.dimensions is not None:
+        if any(len(v) < req.dimensions for v in result.vectors):
+            raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
+        result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
+    state.metrics.tokens.labels(model.id, "prompt").inc(result.prompt_tokens)
+    data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = _state(request)
+    principal = request.get("principal")
+    created = int(state.started)
+    rows = []
+    for m in state.config.models:
+        if principal is not None and not principal.may_use(m.id):
+            continue
+        for name in (m.id, *m.aliases):
+            rows.append((name, "modelgate"))
+    return web.Response(body=orjson.dumps(render.models_body(rows, created)), content_type="application/json")
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = request.match_info["model"]
+    assert state.router is not None
+    model = state.router.resolve(name)
+    principal = request.get("principal")
+    if principal is not None and not principal.may_use(model.id):
+        raise ModelNotFound(
+            f"The model `{name}` does not exist or you do not have access to it.", param="model"
+        )
+    body = {"id": name, "object": "model", "created": int(state.started), "owned_by": "modelgate"}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models, allow_head=False)
+    app.router.add_get("/v1/models/{model}", get_model, allow_head=False)
+
+
+__all__ = ["ModelGateError", "GenerationRequest", "register"]

@@ -1,0 +1,96 @@
+"""Operations routes: liveness, readiness, metrics, admin view, our OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from modelgate.api.middleware import State
+
+
+def _state(request: web.Request) -> State:
+    from modelgate.api.app import STATE
+
+    return request.app[STATE]
+
+
+def _services(request: web.Request) -> Any:
+    from modelgate.api.app import SERVICES
+
+    return request.app[SERVICES]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _storage_status(request: web.Request) -> dict[str, Any]:
+    storage = getattr(_services(request), "storage", None)
+    return storage.status() if storage is not None else {}
+
+
+def model_readiness(request: web.Request) -> dict[str, str | None]:
+    """model id -> None when usable, else why not (router state and storage state)."""
+    state = _state(request)
+    out = (
+        state.router.readiness()
+        if state.router is not None
+        else {m.id: "starting" for m in state.config.models}
+    )
+    for model_id, st in _storage_status(request).items():
+        if st.get("state") == "failed" and out.get(model_id) is None:
+            out[model_id] = f"storage failed: {st.get('detail', '')}"
+    return out
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = _state(request)
+    if state.draining:
+        return _json({"status": "draining", "models": {}}, status=503)
+    models = model_readiness(request)
+    ok = all(reason is None for reason in models.values())
+    body = {"status": "ready" if ok else "not_ready", "models": {k: v or "ready" for k, v in models.items()}}
+    return _json(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = _state(request)
+    resp = web.Response(body=state.metrics.render())
+    resp.headers["Content-Type"] = state.metrics.content_type
+    return resp
+
+
+async def admin_endpoints(request: web.Request) -> web.Response:
+    state = _state(request)
+    storage = _storage_status(request)
+    readiness = model_readiness(request)
+    snap = {m["id"]: m for m in (state.router.snapshot() if state.router is not None else [])}
+    models = []
+    for m in state.config.models:
+        entry = dict(snap.get(m.id, {"id": m.id, "backend": m.backend, "endpoints": []}))
+        entry["ready"] = readiness.get(m.id) is None
+        entry["reason"] = readiness.get(m.id)
+        if m.id in storage:
+            entry["storage"] = storage[m.id]
+        models.append(entry)
+    return _json({"models": models})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from modelgate.api.openapi import document
+
+    return _json(document())
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/health", health, allow_head=False)
+    app.router.add_get("/ready", ready, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/admin/endpoints", admin_endpoints, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)

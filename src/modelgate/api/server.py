@@ -1,0 +1,115 @@
+"""``modelgate serve``: bind, run, drain on SIGTERM.  ``--workers N`` forks N
+processes sharing the port (SO_REUSEPORT) for gateway-only configs."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from modelgate.api.app import STATE, build_app
+from modelgate.config import Config, ModelConfig
+from modelgate.errors import ConfigError
+from modelgate.logs import setup_logging
+
+log = logging.getLogger("modelgate.server")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def with_embedded_default(config: Config) -> Config:
+    """No config file and no models: serve the demo chat model (and the embedding model)."""
+    if config.models or config.source != "<embedded default>":
+        return config
+    from modelgate.engine.defaults import default_models
+
+    cache = Path(config.server.cache_dir or ".cache/modelgate")
+    models = tuple(ModelConfig.model_validate(m) for m in default_models(cache))
+    return config.model_copy(update={"models": models})
+
+
+def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[str, int]:
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    if not config.auth.configured and not _is_loopback(host):
+        log.warning("no API keys configured: binding to 127.0.0.1 instead of %s", host)
+        host = "127.0.0.1"
+    elif not config.auth.configured:
+        log.warning("no API keys configured: every route is open to local clients")
+    return host, port
+
+
+async def run_server(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.drain_timeout_s
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    log.info("serving", extra={"host": host, "port": port, "models": [m.id for m in config.models]})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", extra={"timeout_s": config.server.drain_timeout_s})
+    app[STATE].draining = True
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _run_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
+    setup_logging(config.server.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run_server(config, host, port, reuse_port=reuse_port))
+
+
+def serve(
+    config: Config, *, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> int:
+    setup_logging(config.server.log_level)
+    config = with_embedded_default(config)
+    host, port = _resolve_bind(config, host, port)
+    n = workers or config.server.workers
+    if n <= 1:
+        _run_one(config, host, port, reuse_port=False)
+        return 0
+    if any(m.backend == "local" or any(e.launch for e in m.endpoints) for m in config.models):
+        raise ConfigError(
+            f"{config.source}: --workers > 1 needs a gateway-only config (no local models or launched "
+            "endpoints: those must run once; put them behind `modelgate worker` endpoints)"
+        )
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_run_one, args=(config, host, port, True), daemon=False) for _ in range(n)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None:
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

@@ -1,0 +1,66 @@
+"""SSE out: chunks as ``data:`` events, ``[DONE]`` only after a real finish.
+
+After the first byte, a failure becomes exactly one OpenAI-shaped error event and
+the stream closes without ``[DONE]`` (a client must never mistake it for a
+finished answer).  A client that goes away cancels the handler; closing the
+generator cancels the upstream request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from modelgate.errors import InternalError, ModelGateError
+from modelgate.types import Chunk, GenerationRequest
+from modelgate.wire.render import ChunkRenderer
+
+log = logging.getLogger("modelgate.stream")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def _event(body: object) -> bytes:
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def stream_sse(
+    request: web.Request,
+    req: GenerationRequest,
+    gen: AsyncIterator[Chunk],
+    first: Chunk | None,
+    renderer: ChunkRenderer,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request["rid"]})
+    await resp.prepare(request)
+    usage = None
+    try:
+        chunk = first
+        while chunk is not None:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            body = renderer.render(chunk)
+            if body is not None:
+                await resp.write(_event(body))
+            chunk = await anext(gen, None)
+    except ModelGateError as exc:
+        await resp.write(_event(exc.to_body()))
+        log.warning("stream failed", extra={"request_id": request["rid"], "code": exc.code})
+        return resp
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("stream failed", extra={"request_id": request["rid"]})
+        await resp.write(_event(InternalError("The server had an error while streaming.").to_body()))
+        return resp
+    request["usage"] = usage
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp

@@ -1,0 +1,94 @@
+"""Prometheus metrics, one registry per app (no process-global state).
+
+Also the sink for the router's events (state changes, retries, ejections, queue
+depth, per-endpoint attempts): the router calls these methods, never prometheus.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelgate_requests", "Client requests", ["model", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "modelgate_request_duration_seconds",
+            "Request latency",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "modelgate_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("modelgate_in_flight_requests", "Requests in flight", ["model"], registry=r)
+        self.tokens = Counter("modelgate_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.attempts = Counter(
+            "modelgate_upstream_attempts", "Upstream attempts", ["model", "endpoint", "outcome"], registry=r
+        )
+        self.state_changes = Counter(
+            "modelgate_endpoint_state_changes",
+            "Endpoint state changes",
+            ["model", "endpoint", "state"],
+            registry=r,
+        )
+        self.endpoint_state = Gauge(
+            "modelgate_endpoint_healthy",
+            "1 when the endpoint takes traffic",
+            ["model", "endpoint"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "modelgate_retries", "Failovers to another endpoint", ["model", "reason"], registry=r
+        )
+        self.ejections = Counter(
+            "modelgate_ejections", "Outlier ejections", ["model", "endpoint"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "modelgate_queue_depth", "Requests waiting for an endpoint", ["model"], registry=r
+        )
+        self.restarts = Counter(
+            "modelgate_restarts", "Supervised restarts", ["model", "endpoint"], registry=r
+        )
+        self.engine = Gauge(
+            "modelgate_engine", "Engine gauges (device memory, KV usage)", ["model", "name"], registry=r
+        )
+
+    # -- router events ---------------------------------------------------------------
+    def attempt(self, model: str, endpoint: str, outcome: str) -> None:
+        self.attempts.labels(model, endpoint, outcome).inc()
+
+    def state_change(self, model: str, endpoint: str, old: str, new: str) -> None:
+        self.state_changes.labels(model, endpoint, new).inc()
+        self.endpoint_state.labels(model, endpoint).set(1 if new in ("healthy", "half_open") else 0)
+
+    def retry(self, model: str, endpoint: str, reason: str) -> None:
+        self.retries.labels(model, reason).inc()
+
+    def ejection(self, model: str, endpoint: str, seconds: float) -> None:
+        self.ejections.labels(model, endpoint).inc()
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
+
+    def restart(self, model: str, endpoint: str) -> None:
+        self.restarts.labels(model, endpoint).inc()
+
+    def gauge(self, model: str, name: str, value: float) -> None:
+        self.engine.labels(model, name).set(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

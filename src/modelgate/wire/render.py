@@ -1,0 +1,193 @@
+"""Internal chunks -> OpenAI response bodies (dicts, serialized with orjson by the api).
+
+Pure functions; no torch, no web framework.  Bodies follow
+``shared/specs/openai-openapi.yaml`` (validated in tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelgate.types import Chunk, EmbeddingResult, GenerationRequest, Usage
+
+
+def usage_body(u: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: list[Any] = field(default_factory=list)
+
+
+def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: Iterable[Mapping[str, Any]]) -> None:
+    for pos, d in enumerate(deltas):
+        idx = d.get("index", pos)
+        cur = acc.setdefault(idx, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if d.get("id"):
+            cur["id"] = d["id"]
+        fn = d.get("function") or {}
+        if fn.get("name"):
+            cur["function"]["name"] += fn["name"]
+        if fn.get("arguments"):
+            cur["function"]["arguments"] += fn["arguments"]
+
+
+class Aggregator:
+    """Collects a stream of chunks into one non-streaming answer."""
+
+    def __init__(self) -> None:
+        self.choices: dict[int, _Choice] = {}
+        self.usage: Usage | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if not chunk.has_content:
+            return
+        c = self.choices.setdefault(chunk.index, _Choice())
+        if chunk.text:
+            c.text.append(chunk.text)
+        if chunk.tool_calls:
+            _merge_tool_calls(c.tool_calls, chunk.tool_calls)
+        if chunk.logprobs:
+            c.logprobs.extend(chunk.logprobs.get("content") or ())
+        if chunk.finish_reason:
+            c.finish_reason = chunk.finish_reason
+
+    def chat_body(self, rid: str, model: str, created: int) -> dict[str, Any]:
+        choices = []
+        for idx in sorted(self.choices):
+            c = self.choices[idx]
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text), "refusal": None}
+            if c.tool_calls:
+                message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
+                if not c.text:
+                    message["content"] = None
+            choices.append(
+                {
+                    "index": idx,
+                    "message": message,
+                    "logprobs": {"content": c.logprobs, "refusal": None} if c.logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+            )
+        body: dict[str, Any] = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+        if self.usage is not None:
+            body["usage"] = usage_body(self.usage)
+        return body
+
+    def completion_body(self, rid: str, model: str, created: int) -> dict[str, Any]:
+        choices = [
+            {
+                "index": idx,
+                "text": "".join(self.choices[idx].text),
+                "logprobs": None,
+                "finish_reason": self.choices[idx].finish_reason,
+            }
+            for idx in sorted(self.choices)
+        ]
+        body: dict[str, Any] = {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+        if self.usage is not None:
+            body["usage"] = usage_body(self.usage)
+        return body
+
+
+class ChunkRenderer:
+    """Renders streamed chunks for one request (chat or completion)."""
+
+    def __init__(self, request: GenerationRequest, rid: str, model: str) -> None:
+        self.chat = request.kind == "chat"
+        self.include_usage = request.include_usage
+        self.head = {
+            "id": rid,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        self._role_sent: set[int] = set()
+
+    def render(self, chunk: Chunk) -> dict[str, Any] | None:
+        if chunk.usage is not None and not chunk.has_content:
+            if not self.include_usage:
+                return None
+            return {**self.head, "choices": [], "usage": usage_body(chunk.usage)}
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if chunk.index not in self._role_sent:
+                delta["role"] = "assistant"
+                self._role_sent.add(chunk.index)
+            if chunk.text:
+                delta["content"] = chunk.text
+            if chunk.tool_calls:
+                delta["tool_calls"] = [
+                    {"index": tc.get("index", i), **{k: v for k, v in tc.items() if k != "index"}}
+                    for i, tc in enumerate(chunk.tool_calls)
+                ]
+            choice: dict[str, Any] = {
+                "index": chunk.index,
+                "delta": delta,
+                "logprobs": {"content": list(chunk.logprobs.get("content") or ()), "refusal": None}
+                if chunk.logprobs
+                else None,
+                "finish_reason": chunk.finish_reason,
+            }
+        else:
+            choice = {
+                "index": chunk.index,
+                "text": chunk.text,
+                "logprobs": None,
+                "finish_reason": chunk.finish_reason,
+            }
+        body = {**self.head, "choices": [choice]}
+        if self.include_usage and self.chat:
+            body["usage"] = None
+        return body
+
+
+def embedding_body(result: EmbeddingResult, model: str, encoding: str) -> dict[str, Any]:
+    data = []
+    for i, vec in enumerate(result.vectors):
+        emb: Any = list(vec)
+        if encoding == "base64":
+            emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+
+
+def models_body(models: Iterable[tuple[str, str]], created: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": mid, "object": "model", "created": created, "owned_by": owner} for mid, owner in models
+        ],
+    }
