@@ -141,7 +141,9 @@ class SupervisorConfig(_Frozen):
 
     docker_host: str = "unix:///var/run/docker.sock"  # Podman: unix:///run/podman/podman.sock
     state_dir: str | None = None  # process state records; None: ~/.local/state/modelgate/supervisor
-    instance: str = Field("modelgate", min_length=1)  # the modelgate.owner label / state-record owner
+    # the modelgate.owner label / state-record owner; unique per gateway on a host.
+    # None: "modelgate-<server.port>" (two gateways on one host never share a port)
+    instance: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     reap_interval_s: float = Field(60.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(1.0, gt=0)
