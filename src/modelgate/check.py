@@ -1,0 +1,97 @@
+"""``modelgate check``: probe every endpoint once and print a table.
+
+Exit 0 only when every model has at least one healthy endpoint.  Local models are
+checked for a readable model directory (or sealed model) without loading weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+import orjson
+
+from modelgate.backends.base import BackendContext
+from modelgate.backends.registry import backend_factory
+from modelgate.config import Config, ModelConfig
+from modelgate.errors import ModelGateError
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    model: str
+    endpoint: str
+    reachable: bool
+    auth_ok: bool | None
+    model_listed: bool | None
+    latency_ms: float | None
+    detail: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.reachable and self.auth_ok is not False and self.model_listed is not False
+
+
+def _local_row(model: ModelConfig) -> Row:
+    path = Path(model.path or "")
+    ok = path.exists()
+    detail = "present (weights load at serve time)" if ok else f"{path} not found"
+    return Row(model.id, f"local://{model.id}", ok, None, ok, None, detail)
+
+
+async def _probe_all(config: Config) -> list[Row]:
+    rows: list[Row] = []
+    timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as http:
+        ctx = BackendContext(config=config, http=http)
+        jobs = []
+        for model in config.models:
+            if model.backend == "local":
+                rows.append(_local_row(model))
+                continue
+            factory = backend_factory(model.backend)
+            for ep in model.endpoints:
+                jobs.append((model, ep.url, factory(model, ep, ctx)))
+        results = await asyncio.gather(*(b.probe() for _, _, b in jobs), return_exceptions=True)
+        for (model, url, backend), res in zip(jobs, results, strict=True):
+            await backend.close()
+            if isinstance(res, BaseException):
+                detail = res.message if isinstance(res, ModelGateError) else f"{type(res).__name__}"
+                rows.append(Row(model.id, url, False, None, None, None, detail))
+                continue
+            reachable = res.ok or res.auth_ok is not None or res.detail.startswith("HTTP")
+            rows.append(
+                Row(model.id, url, reachable, res.auth_ok, res.model_listed, round(res.latency_s * 1000, 1), res.detail)
+            )
+    return rows
+
+
+def _fmt(v: object) -> str:
+    return {True: "yes", False: "NO", None: "-"}.get(v, str(v)) if isinstance(v, bool | None) else str(v)  # type: ignore[arg-type]
+
+
+def print_table(rows: list[Row], out: TextIO) -> None:
+    head = ("model", "endpoint", "reachable", "auth ok", "model listed", "latency ms", "detail")
+    data = [
+        (r.model, r.endpoint, _fmt(r.reachable), _fmt(r.auth_ok), _fmt(r.model_listed), _fmt(r.latency_ms), r.detail)
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(d[i]) for d in data)) if data else len(h) for i, h in enumerate(head)]
+    for line in (head, tuple("-" * w for w in widths), *data):
+        out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
+
+
+def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout) -> int:
+    rows = asyncio.run(_probe_all(config))
+    unhealthy = [m.id for m in config.models if not any(r.healthy for r in rows if r.model == m.id)]
+    if as_json:
+        out.write(orjson.dumps({"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}).decode() + "\n")
+    else:
+        print_table(rows, out)
+        if unhealthy:
+            out.write(f"\nno healthy endpoint: {', '.join(unhealthy)}\n")
+    return 1 if unhealthy or not config.models else 0
