@@ -1,0 +1,263 @@
+"""The Supervisor: launches every endpoint that has ``launch:``, watches it, restarts it, reaps leftovers.
+
+Lifespan (the app owns one instance)::
+
+    sup = Supervisor(config, storage=storage_manager_or_None)
+    await sup.start()          # reap a previous run's leftovers, launch everything
+    router = Router(config, ctx, lifecycle=sup.lifecycle)
+    ...
+    await sup.stop()           # stop children (TERM, timeout, KILL), close volumes, final sweep
+
+``lifecycle`` maps each supervised endpoint URL to its SupervisedEndpoint
+(``.state``, ``.info()``); it is complete from construction on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+
+from modelgate.config import Config, EndpointConfig, LaunchSpec, ModelConfig
+from modelgate.errors import ModelGateError
+from modelgate.supervisor.containers import ContainerRunner, ReapResult, reap_containers
+from modelgate.supervisor.docker_api import DockerApi
+from modelgate.supervisor.endpoint import SupervisedEndpoint
+from modelgate.supervisor.health import HealthProbe, HttpHealthProbe
+from modelgate.supervisor.ownership import ProcessRecords, container_labels, reap_orphan_processes
+from modelgate.supervisor.process import ProcessRunner
+from modelgate.supervisor.runner import Runner
+from modelgate.supervisor.state import Backoff, Lifecycle, Thresholds
+from modelgate.supervisor.volumes import close_volume, open_volume
+
+log = logging.getLogger(__name__)
+
+
+def instance_name(config: Config) -> str:
+    return config.supervisor.instance or f"modelgate-{config.server.port}"
+
+
+def state_dir(config: Config) -> Path:
+    if config.supervisor.state_dir:
+        return Path(config.supervisor.state_dir).expanduser()
+    return Path.home() / ".local" / "state" / "modelgate" / "supervisor"
+
+
+def supervised(config: Config) -> list[tuple[ModelConfig, EndpointConfig, LaunchSpec]]:
+    return [(m, ep, ep.launch) for m in config.models for ep in m.endpoints if ep.launch is not None]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: Any = None,
+        probe: HealthProbe | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._config = config
+        self._sc = config.supervisor
+        self._storage = storage
+        self._probe = probe
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.instance = instance_name(config)
+        self.run_id = uuid.uuid4().hex[:12]
+        self._records = ProcessRecords(state_dir(config), self.instance)
+        specs = supervised(config)
+        self._api = (
+            DockerApi(self._sc.docker_host) if any(s.kind == "container" for _, _, s in specs) else None
+        )
+        self._endpoints: dict[str, SupervisedEndpoint] = {}
+        for model, ep, spec in specs:
+            self._endpoints[ep.url] = self._endpoint(model, ep, spec)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._opened_volumes: list[str] = []
+        self._volume_paths: dict[str, str] = {}
+        self.reaped: dict[str, list[str]] = {
+            "processes": [],
+            "containers_removed": [],
+            "containers_stopped": [],
+        }
+
+    # -- construction ---------------------------------------------------------------
+
+    def _endpoint(self, model: ModelConfig, ep: EndpointConfig, spec: LaunchSpec) -> SupervisedEndpoint:
+        runner: Runner
+        if spec.kind == "process":
+            runner = ProcessRunner(
+                spec,
+                self._records,
+                run_id=self.run_id,
+                model=model.id,
+                endpoint=ep.url,
+                log_lines=self._sc.log_lines,
+            )
+        else:
+            assert self._api is not None
+            labels = container_labels(self.instance, self.run_id, model.id, ep.url)
+            runner = ContainerRunner(spec, self._api, labels=labels)
+        lifecycle = Lifecycle(
+            backoff=Backoff(spec.backoff_base_s, spec.backoff_max_s, self._sc.backoff_jitter),
+            thresholds=Thresholds(
+                degraded_after=self._sc.degraded_after,
+                restart_after=self._sc.restart_after,
+                stable_after_s=self._sc.stable_after_s,
+                max_restarts=spec.max_restarts,
+            ),
+            rng=self._rng,
+        )
+        return SupervisedEndpoint(
+            ep.url,
+            model.id,
+            spec,
+            runner,
+            lifecycle,
+            self._probe_or_http,
+            interval_s=self._sc.health_interval_s,
+            log_lines=self._sc.log_lines,
+            clock=self._clock,
+        )
+
+    async def _probe_or_http(self, url: str) -> bool:
+        if self._probe is not None:
+            return await self._probe(url)
+        if self._session is None:
+            return False
+        return await HttpHealthProbe(self._session, self._sc.health_timeout_s)(url)
+
+    # -- public ---------------------------------------------------------------------
+
+    @property
+    def lifecycle(self) -> Mapping[str, SupervisedEndpoint]:
+        return MappingProxyType(self._endpoints)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [ep.info() for ep in self._endpoints.values()]
+
+    async def start(self) -> None:
+        """Reap what a previous run left, then launch every supervised endpoint."""
+        if not self._endpoints:
+            return
+        self._session = aiohttp.ClientSession()
+        await self.reap(initial=True)
+        for url, ep in self._endpoints.items():
+            if not await self._attach_volume(ep):
+                ep.lc.state = "failed"
+                continue
+            self._tasks[url] = asyncio.create_task(self._guard(ep), name=f"supervisor-{url}")
+        self._reaper = asyncio.create_task(self._reap_forever(), name="supervisor-reaper")
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """True once every endpoint is ready (for tests, benches and ``check``)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(ep.ready_event.wait() for ep in self._endpoints.values()))
+        except TimeoutError:
+            return False
+        return all(ep.state == "ready" for ep in self._endpoints.values())
+
+    async def stop(self) -> None:
+        """Stop everything launched (TERM, timeout, KILL / container stop+remove), close volumes."""
+        tasks = [t for t in (self._reaper, *self._tasks.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._reaper = None
+        self._tasks.clear()
+        results = await asyncio.gather(
+            *(ep.stop() for ep in self._endpoints.values()), return_exceptions=True
+        )
+        for ep, res in zip(self._endpoints.values(), results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("supervisor: stopping %s: %s", ep.url, res)
+        if self._api is not None:
+            with contextlib.suppress(ModelGateError):
+                await reap_containers(self._api, instance=self.instance, run_id="", keep=())
+            await self._api.close()
+        await self._close_volumes()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def reap(self, *, initial: bool = False) -> ReapResult:
+        """Stop orphans of earlier runs; remove our exited/dead containers (never unlabelled ones)."""
+        if initial:
+            pids = await reap_orphan_processes(self._records, self.run_id, timeout_s=5.0)
+            self.reaped["processes"].extend(map(str, pids))
+        if self._api is None:
+            return ReapResult()
+        await self._api.connect()
+        keep = {cid for ep in self._endpoints.values() if (cid := getattr(ep.runner, "container_id", None))}
+        result = await reap_containers(self._api, instance=self.instance, run_id=self.run_id, keep=keep)
+        self.reaped["containers_removed"].extend(result.removed)
+        self.reaped["containers_stopped"].extend(result.stopped)
+        return result
+
+    # -- background -----------------------------------------------------------------
+
+    async def _guard(self, ep: SupervisedEndpoint) -> None:
+        try:
+            await ep.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("supervisor: watcher of %s crashed; marking it failed", ep.url)
+            ep.lc.last_reason = "supervisor watcher crashed"
+            ep.lc.state = "failed"
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sc.reap_interval_s)
+            try:
+                await self.reap()
+            except ModelGateError as exc:
+                log.warning("supervisor: periodic reap failed: %s", exc.message)
+
+    # -- LUKS volumes for containers ---------------------------------------------------
+
+    async def _attach_volume(self, ep: SupervisedEndpoint) -> bool:
+        """Open the model's LUKS volume for a container that wants it; False if that failed."""
+        model = self._config.model(ep.model_id)
+        if not (isinstance(ep.runner, ContainerRunner) and ep.spec.luks_volume and model and model.storage):
+            return True
+        if self._storage is None:
+            ep.lc.launch_failed(
+                f"model {ep.model_id!r} has a LUKS volume but no storage manager was given", 0
+            )
+            log.error("supervisor: %s: %s", ep.url, ep.lc.last_reason)
+            return False
+        if ep.model_id not in self._opened_volumes:
+            try:
+                path = await open_volume(self._storage, ep.model_id)
+            except ModelGateError as exc:
+                ep.lc.launch_failed(exc.message, self._clock())
+                log.error("supervisor: %s", exc.message)
+                return False
+            self._opened_volumes.append(ep.model_id)
+            self._volume_paths[ep.model_id] = path
+        ep.runner.set_extra_volumes(
+            {self._volume_paths[ep.model_id]: {"bind": ep.spec.luks_volume, "mode": "ro"}}
+        )
+        return True
+
+    async def _close_volumes(self) -> None:
+        while self._opened_volumes:
+            model_id = self._opened_volumes.pop()
+            try:
+                await close_volume(self._storage, model_id)
+            except ModelGateError as exc:
+                log.error("supervisor: %s", exc.message)
