@@ -17,6 +17,7 @@ from modelgate.api.auth import KeyStore, Principal, Scope
 from modelgate.config import Config
 from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound, PayloadTooLarge
 from modelgate.metrics import Metrics
+from modelgate.types import Usage
 
 if TYPE_CHECKING:
     from modelgate.router.router import Router
@@ -27,6 +28,21 @@ log = logging.getLogger("modelgate.access")
 # paths, answers 401 first when auth is on.
 OPEN_ROUTES = frozenset({"/health", "/ready"})
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What a request learns on its way through (for logs and metrics)."""
+
+    rid: str
+    principal: Principal | None = None
+    model: str = ""
+    route: str = "other"
+    ttft_ms: float | None = None
+    usage: Usage | None = None
+
+
+INFO = web.RequestKey("info", RequestInfo)
 
 
 @dataclass
@@ -74,15 +90,14 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
     rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()
-    request["rid"] = rid
+    info = request[INFO] = RequestInfo(rid)
     path = request.path
     status = 500
     try:
         if path not in OPEN_ROUTES:
-            principal: Principal = state.keys.authenticate(
+            info.principal = state.keys.authenticate(
                 request.headers.get("Authorization"), request.remote or "?", scope=_scope(path)
             )
-            request["principal"] = principal
         response = await handler(request)
         status = response.status
         if not response.prepared:
@@ -105,8 +120,7 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return error_response(InternalError("The server had an error while processing your request."), rid)
     finally:
         elapsed = time.perf_counter() - start
-        model = request.get("model", "")
-        route = request.get("route", "other")
+        model, route, usage = info.model, info.route, info.usage
         if route != "other":
             state.metrics.requests.labels(model, route, str(status)).inc()
             state.metrics.latency.labels(model, route).observe(elapsed)
@@ -120,8 +134,8 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
                     "status": status,
                     "model": model or None,
                     "ms": round(elapsed * 1000, 2),
-                    "ttft_ms": request.get("ttft_ms"),
-                    "prompt_tokens": request.get("prompt_tokens"),
-                    "completion_tokens": request.get("completion_tokens"),
+                    "ttft_ms": info.ttft_ms,
+                    "prompt_tokens": usage.prompt_tokens if usage else None,
+                    "completion_tokens": usage.completion_tokens if usage else None,
                 },
             )

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import State
+from modelgate.api.middleware import INFO, State
 from modelgate.api.streaming import stream_sse
 from modelgate.errors import (
     InvalidRequest,
@@ -59,12 +59,12 @@ def _model(state: State, request: web.Request, body: Any) -> Any:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     assert state.router is not None
     model = state.router.resolve(name)
-    principal = request.get("principal")
-    if principal is not None and not principal.may_use(model.id):
+    info = request[INFO]
+    if info.principal is not None and not info.principal.may_use(model.id):
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"
         )
-    request["model"] = model.id
+    info.model = model.id
     return model
 
 
@@ -77,11 +77,12 @@ def _router(state: State) -> Router:
 async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     state = _state(request)
     router = _router(state)
-    request["route"] = kind
+    info = request[INFO]
+    info.route = kind
     body = await read_json(request, state.config.server.max_body_bytes)
     model = _model(state, request, body)
     limits = state.config.limits
-    rid = request["rid"]
+    rid = info.rid
     if kind == "chat":
         req = convert.chat_request(body, model, limits, rid)
     else:
@@ -94,20 +95,21 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         first = await _first(gen)
-        request["ttft_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        info.ttft_ms = round((time.perf_counter() - started) * 1000, 2)
         metrics.ttft.labels(model.id).observe(time.perf_counter() - started)
         if req.stream:
             resp = await stream_sse(
                 request, req, gen, first, render.ChunkRenderer(req, out_id, body["model"])
             )
-            _count_tokens(request, state, model.id, request.get("usage"))
+            _count_tokens(state, model.id, info.usage)
             return resp
         agg = render.Aggregator()
         if first is not None:
             agg.add(first)
         async for chunk in gen:
             agg.add(chunk)
-        _count_tokens(request, state, model.id, agg.usage)
+        info.usage = agg.usage
+        _count_tokens(state, model.id, agg.usage)
         created = int(time.time())
         data = (
             agg.chat_body(out_id, body["model"], created)
@@ -127,11 +129,9 @@ async def _first(gen: AsyncIterator[Chunk]) -> Chunk | None:
         return None
 
 
-def _count_tokens(request: web.Request, state: State, model: str, usage: Usage | None) -> None:
+def _count_tokens(state: State, model: str, usage: Usage | None) -> None:
     if usage is None:
         return
-    request["prompt_tokens"] = usage.prompt_tokens
-    request["completion_tokens"] = usage.completion_tokens
     state.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
     state.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
 
@@ -147,12 +147,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     router = _router(state)
-    request["route"] = "embeddings"
+    request[INFO].route = "embeddings"
     body = await read_json(request, state.config.server.max_body_bytes)
     model = _model(state, request, body)
     if model.task != "embedding" and model.backend == "local":
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
-    req = convert.embedding_request(body, model, state.config.limits, request["rid"])
+    req = convert.embedding_request(body, model, state.config.limits, request[INFO].rid)
     result = await router.embed(req)
     if req.dimensions is not None:
         if any(len(v) < req.dimensions for v in result.vectors):
@@ -165,7 +165,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def list_models(request: web.Request) -> web.Response:
     state = _state(request)
-    principal = request.get("principal")
+    principal = request[INFO].principal
     created = int(state.started)
     rows = []
     for m in state.config.models:
@@ -181,7 +181,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     assert state.router is not None
     model = state.router.resolve(name)
-    principal = request.get("principal")
+    principal = request[INFO].principal
     if principal is not None and not principal.may_use(model.id):
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
+from modelgate.api.middleware import INFO
 from modelgate.errors import InternalError, ModelGateError
 from modelgate.types import Chunk, GenerationRequest
 from modelgate.wire.render import ChunkRenderer
@@ -38,7 +39,7 @@ async def stream_sse(
     first: Chunk | None,
     renderer: ChunkRenderer,
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request["rid"]})
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request[INFO].rid})
     await resp.prepare(request)
     usage = None
     try:
@@ -52,15 +53,15 @@ async def stream_sse(
             chunk = await anext(gen, None)
     except ModelGateError as exc:
         await resp.write(_event(exc.to_body()))
-        log.warning("stream failed", extra={"request_id": request["rid"], "code": exc.code})
+        log.warning("stream failed", extra={"request_id": request[INFO].rid, "code": exc.code})
         return resp
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception:
-        log.exception("stream failed", extra={"request_id": request["rid"]})
+        log.exception("stream failed", extra={"request_id": request[INFO].rid})
         await resp.write(_event(InternalError("The server had an error while streaming.").to_body()))
         return resp
-    request["usage"] = usage
+    request[INFO].usage = usage
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp

@@ -163,10 +163,7 @@ class ChunkRenderer:
                 "logprobs": None,
                 "finish_reason": chunk.finish_reason,
             }
-        body = {**self.head, "choices": [choice]}
-        if self.include_usage and self.chat:
-            body["usage"] = None
-        return body
+        return {**self.head, "choices": [choice]}
 
 
 def embedding_body(result: EmbeddingResult, model: str, encoding: str) -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""Run the real gateway app in-process on 127.0.0.1 (port 0) for a test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from modelgate.api.app import build_app
+from modelgate.config import Config, build_config
+
+
+def make_config(raw: dict[str, Any], environ: dict[str, str] | None = None) -> Config:
+    raw = {"health": {"interval_s": 0.2, "timeout_s": 1}, **raw}
+    return build_config(raw, source="test.yaml", environ=environ or {})
+
+
+@asynccontextmanager
+async def running_gateway(config: Config) -> AsyncIterator[str]:
+    app = build_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
