@@ -53,6 +53,14 @@ NEVER_FORWARD = frozenset(
 )
 
 
+_BRANCHES = frozenset({"str", "int", "float", "bool", "none", "ContentPart"})
+
+
+def _is_branch(part: str) -> bool:
+    """Pydantic puts union-branch names into error locations; they are not parameters."""
+    return part in _BRANCHES or part.endswith("]") or part.startswith("function-")
+
+
 def validate(model_cls: type[BaseModel], body: Any) -> Any:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
@@ -62,7 +70,7 @@ def validate(model_cls: type[BaseModel], body: Any) -> Any:
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]]
         # drop union-branch names pydantic inserts ("str", "list[...]")
-        param = ".".join(p for p in loc if not p.startswith(("str", "list[", "int", "function-")))
+        param = ".".join(p for p in loc if not _is_branch(p))
         kind = err["type"]
         if kind == "missing":
             msg = f"Missing required parameter: '{param}'."

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -41,8 +41,8 @@ class ChatMessageIn(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
-    include_obfuscation: bool | None = None
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool | None = None
 
 
 class _Sampling(_Body):
@@ -55,7 +55,7 @@ class _Sampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # widely used extensions (vLLM, TGI, llama.cpp)
@@ -66,18 +66,18 @@ class _Sampling(_Body):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool | None = None
+    echo: StrictBool | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
