@@ -26,10 +26,13 @@ from modelgate.errors import (
 _TAGS = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _MAX_MESSAGE = 500
+# things that look like credentials in upstream text (OpenAI echoes part of a bad key)
+_SECRETS = re.compile(r"(?i)(bearer\s+\S+|\b(sk|mg|hf|key)[-_][A-Za-z0-9_*.-]{6,})")
 
 
 def clean_message(text: str) -> str:
     text = _SPACE.sub(" ", _TAGS.sub(" ", text)).strip()
+    text = _SECRETS.sub("[redacted]", text)
     return text[:_MAX_MESSAGE] + ("..." if len(text) > _MAX_MESSAGE else "")
 
 
@@ -83,7 +86,14 @@ def error_from_status(
         return UpstreamOverloaded(text, upstream_status=status, retry_after=wait or 1.0, cooldown_s=wait)
     if status in (400, 413, 422):
         return UpstreamRejected(clean_message(message), param=param, upstream_status=status)
-    if status in (401, 403, 404):
+    if status in (401, 403):
+        # never relay what the upstream says about our credentials
+        return UpstreamMisconfigured(
+            f"{where} refused the gateway's credentials (HTTP {status})",
+            upstream_status=status,
+            cooldown_s=30.0,
+        )
+    if status == 404:
         return UpstreamMisconfigured(text, upstream_status=status, cooldown_s=30.0)
     if status in (408, 504):
         return UpstreamTimeout(text, upstream_status=status)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-
 from tests.integration.api.conftest import ADMIN_KEY, API_KEY, SCOPED_KEY
 from tests.support import openai_spec
 
@@ -33,21 +32,51 @@ def assert_openai_error(body: dict) -> None:
         (b"\xff\xfe{}", 400, None),  # invalid UTF-8
         (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, None),
         (b"[" * 100_000 + b"]" * 100_000, 400, None),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e400}', 400, None),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e400}',
+            400,
+            None,
+        ),
         (b'{"model": "gpt-test"}', 400, "messages"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
         (b'{"model": "gpt-test", "messages": []}', 400, "messages"),
         (b'{"model": "gpt-test", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000000000}', 400, "max_tokens"),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000000000}',
+            400,
+            "max_tokens",
+        ),
         (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "n": 1000}', 400, "n"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}', 400, "stop"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "temperature"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', 400, "frobnicate"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "chat_template": "{{x}}"}', 400, "chat_template"),
-        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x\\u0000y"}], "stream": "yes"}', 400, "stream"),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}',
+            400,
+            "stop",
+        ),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            400,
+            "temperature",
+        ),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}',
+            400,
+            "frobnicate",
+        ),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "chat_template": "{{x}}"}',
+            400,
+            "chat_template",
+        ),
+        (
+            b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x\\u0000y"}], "stream": "yes"}',
+            400,
+            "stream",
+        ),
     ],
 )
-async def test_bad_bodies_are_400_with_param(gateway: str, raw: bytes, status: int, param: str | None) -> None:
+async def test_bad_bodies_are_400_with_param(
+    gateway: str, raw: bytes, status: int, param: str | None
+) -> None:
     got, body, _ = await call(gateway, "POST", CHAT, data=raw)
     assert got == status, body
     assert_openai_error(body)
@@ -89,7 +118,19 @@ async def test_unknown_route_and_method(gateway: str) -> None:
     assert_openai_error(body)
 
 
-@pytest.mark.parametrize("path", ["/v1/models", CHAT, "/metrics", "/admin/endpoints", "/v1/nope", "//health", "/v1%2Fmodels", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models",
+        CHAT,
+        "/metrics",
+        "/admin/endpoints",
+        "/v1/nope",
+        "//health",
+        "/v1%2Fmodels",
+        "/openapi.json",
+    ],
+)
 async def test_every_route_but_the_allowlist_needs_a_key(gateway: str, path: str) -> None:
     async with aiohttp.ClientSession() as s:
         for method in ("GET", "POST", "HEAD", "OPTIONS"):
@@ -107,20 +148,30 @@ async def test_open_routes(gateway: str) -> None:
 
 
 async def test_keys_and_scopes(gateway: str) -> None:
-    status, body, _ = await call(gateway, "POST", CHAT, data=GOOD, headers={"Authorization": "Bearer wrong-key-000000000000"})
+    status, body, _ = await call(
+        gateway, "POST", CHAT, data=GOOD, headers={"Authorization": "Bearer wrong-key-000000000000"}
+    )
     assert (status, body["error"]["code"]) == (401, "invalid_api_key")
     # a scoped key sees only its model; others are 404, as if they did not exist
-    status, body, _ = await call(gateway, "POST", CHAT, data=GOOD, headers={"Authorization": f"Bearer {SCOPED_KEY}"})
+    status, body, _ = await call(
+        gateway, "POST", CHAT, data=GOOD, headers={"Authorization": f"Bearer {SCOPED_KEY}"}
+    )
     assert (status, body["error"]["code"]) == (404, "model_not_found")
-    status, body, _ = await call(gateway, "GET", "/v1/models", headers={"Authorization": f"Bearer {SCOPED_KEY}"})
+    status, body, _ = await call(
+        gateway, "GET", "/v1/models", headers={"Authorization": f"Bearer {SCOPED_KEY}"}
+    )
     assert [m["id"] for m in body["data"]] == ["other"]
     # admin routes need an admin key; admin keys do not do inference
     status, body, _ = await call(gateway, "GET", "/admin/endpoints")
     assert status == 403
-    status, body, _ = await call(gateway, "GET", "/admin/endpoints", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    status, body, _ = await call(
+        gateway, "GET", "/admin/endpoints", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     assert status == 200 and body["models"][0]["id"] == "gpt-test"
     assert body["models"][0]["endpoints"][0]["state"] in ("starting", "healthy")
-    status, body, _ = await call(gateway, "POST", CHAT, data=GOOD, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    status, body, _ = await call(
+        gateway, "POST", CHAT, data=GOOD, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     assert status == 403
 
 
@@ -132,7 +183,9 @@ async def test_unknown_model_is_404(gateway: str) -> None:
 async def test_request_id_is_echoed(gateway: str) -> None:
     _, _, headers = await call(gateway, "POST", CHAT, data=GOOD, headers={"x-request-id": "abc-123"})
     assert headers["x-request-id"] == "abc-123"
-    _, _, headers = await call(gateway, "POST", CHAT, data=GOOD, headers={"x-request-id": "bad id\twith junk"})
+    _, _, headers = await call(
+        gateway, "POST", CHAT, data=GOOD, headers={"x-request-id": "bad id\twith junk"}
+    )
     assert headers["x-request-id"] != "bad id\twith junk" and len(headers["x-request-id"]) == 24
 
 

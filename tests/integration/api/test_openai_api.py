@@ -65,11 +65,14 @@ async def test_chat_streaming_with_usage(gateway: str) -> None:
 async def test_stream_raw_ends_with_done(gateway: str) -> None:
     import aiohttp
 
-    async with aiohttp.ClientSession() as s, s.post(
-        gateway + "/v1/chat/completions",
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "stream": True},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gateway + "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "stream": True},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as r,
+    ):
         raw = await r.read()
     assert r.headers["Content-Type"].startswith("text/event-stream")
     assert raw.endswith(b"data: [DONE]\n\n")
