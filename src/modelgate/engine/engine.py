@@ -1,0 +1,293 @@
+"""The local engine: one model, one step thread, continuous batching.
+
+The event loop submits sequences and reads their events from per-sequence
+queues; the step thread owns the model and the running batch.  At every step
+the pure ``BatchScheduler`` says who joins and who leaves, new prompts are
+prefilled together and spliced into the batch, and every running row advances
+one token.  Events of a step reach the loop in one ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from modelgate.engine.batching import BatchLimits, BatchScheduler
+from modelgate.engine.kvbatch import KVBatch
+from modelgate.engine.loader import LoadedModel
+from modelgate.engine.sampling import make_generator, sample_batch
+from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent
+from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+_EMPTY = torch.empty(0, dtype=torch.long)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, limits: BatchLimits):
+        self.loaded = loaded
+        self.limits = limits
+        self.tokenizer = loaded.tokenizer
+        self._backend_tok = loaded.tokenizer.backend_tokenizer
+        self._sched: BatchScheduler[Sequence] = BatchScheduler(limits)
+        self._batch = KVBatch(loaded.model, loaded.device)
+        self._rows: list[Sequence] = []  # row order of the KV batch
+        self._inbox: list[Sequence] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, warmup: bool = True) -> None:
+        """Warm up (blocking: call from a thread) and start the step thread."""
+        if warmup:
+            self._warmup()
+        self._thread = threading.Thread(target=self._run, name="modelgate-engine", daemon=True)
+        self._thread.start()
+
+    def _warmup(self) -> None:
+        with torch.inference_mode():
+            for rows in (1, 2):
+                self._batch.prefill([[1, 2, 3]] * rows)
+                for _ in range(2):
+                    self._batch.decode([1] * rows)
+                self._batch.keep([0])
+                self._batch.clear()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._batch.clear()
+        self.loaded = None  # type: ignore[assignment]
+        self._batch.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- event loop side -----------------------------------------------------------
+    def decode_ids(self, ids: Any) -> str:
+        return self._backend_tok.decode(list(ids), skip_special_tokens=True)  # type: ignore[no-any-return]
+
+    def max_new_tokens(self, prompt_len: int, requested: int | None) -> int:
+        room = self.loaded.max_context - prompt_len
+        if room <= 0:
+            raise InvalidRequest(
+                f"the prompt has {prompt_len} tokens; this model's context window is {self.loaded.max_context}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if requested is not None and requested > room:
+            raise InvalidRequest(
+                f"max_tokens={requested} plus the prompt's {prompt_len} tokens exceeds the context window "
+                f"of {self.loaded.max_context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return room if requested is None else requested
+
+    def submit(self, prompt_ids: list[int], params: SeqParams) -> Sequence:
+        if self._stopping:
+            raise ShuttingDown("the engine is shutting down", retry_after=1)
+        seq = Sequence(
+            prompt_ids,
+            params,
+            decode=self.decode_ids,
+            eos_ids=self.loaded.eos_token_ids,
+            loop=asyncio.get_running_loop(),
+        )
+        if not self._sched.fits_ever(seq):
+            raise InvalidRequest(
+                f"prompt plus max_tokens ({seq.prompt_len + seq.max_new_tokens} tokens) exceeds the KV cache "
+                f"budget of {self.limits.kv_cache_tokens} tokens",
+                param="max_tokens",
+            )
+        seq.generator = make_generator(params.sampling, self.loaded.device)
+        with self._cv:
+            self._inbox.append(seq)
+            self._cv.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancel()
+        with self._cv:
+            self._cv.notify()
+
+    async def events(self, seq: Sequence) -> AsyncIterator[TokenEvent]:
+        """A sequence's events until it finishes; closing this iterator cancels it."""
+        try:
+            while True:
+                event = await seq.queue.get()
+                if event.error is not None:
+                    raise event.error
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if not seq.finished:
+                self.cancel(seq)
+
+    def stats(self) -> dict[str, int]:
+        out = {
+            "running": len(self._rows),
+            "waiting": len(self._sched.waiting) + len(self._inbox),
+            "kv_cache_bytes": self._batch.kv_bytes(),
+            "kv_reserved_tokens": self._sched.tokens_reserved(),
+            "steps": self.steps,
+        }
+        dev = self.loaded.device if self.loaded is not None else None
+        if dev is not None and dev.type == "cuda":
+            out["device_memory_allocated_bytes"] = int(torch.cuda.memory_allocated(dev))
+            out["device_memory_reserved_bytes"] = int(torch.cuda.memory_reserved(dev))
+        return out
+
+    # -- step thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._inbox and self._sched.idle:
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    for seq in self._inbox:
+                        self._sched.submit(seq)
+                    self._inbox.clear()
+                events: list[tuple[Sequence, TokenEvent]] = []
+                try:
+                    self._step(events)
+                except Exception as exc:  # the server lives on; these requests fail
+                    log.exception("engine step failed")
+                    err = EngineError(f"generation failed: {exc}")
+                    events.extend((s, s.fail(err)) for s in self._rows)
+                    self._sched.finish(self._rows)
+                    self._rows = []
+                    self._batch.clear()
+                self.steps += 1
+                self._deliver(events)
+        self._fail_all(ShuttingDown("the engine shut down", retry_after=1))
+
+    def _step(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
+        plan = self._sched.plan()
+        self._drop()
+        if plan.join:
+            self._prefill(list(plan.join), events)
+            self._drop()
+        if self._rows:
+            self._decode(events)
+
+    def _prefill(self, joins: list[Sequence], events: list[tuple[Sequence, TokenEvent]]) -> None:
+        try:
+            logits = self._batch_prefill(joins)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            self._release()
+            err = OutOfMemory(f"out of memory while reading the prompt: {exc}", retry_after=1)
+            events.extend((s, s.fail(err)) for s in joins)
+            self._sched.finish(joins)
+            return
+        self._rows.extend(joins)
+        self._sample(joins, logits, events)
+
+    def _batch_prefill(self, joins: list[Sequence]) -> torch.Tensor:
+        before = self._batch.rows
+        try:
+            return self._batch.prefill([s.prompt_ids for s in joins])
+        except Exception:
+            if self._batch.rows != before:  # spliced, then failed: undo
+                self._batch.keep(list(range(before)))
+            raise
+
+    def _decode(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
+        tokens = [s.generated[-1] for s in self._rows]
+        try:
+            logits = self._batch.decode(tokens)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            self._release()
+            # Fail the newest request and let the rest go on at the next step.
+            victim = self._rows[-1]
+            events.append((victim, victim.fail(OutOfMemory(f"out of memory: {exc}", retry_after=1))))
+            self._batch.clear()
+            self._fail_running(events)
+            return
+        self._sample(self._rows, logits, events)
+
+    def _fail_running(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
+        """After losing the cache, the survivors fail too (their KV state is gone)."""
+        err = OutOfMemory("out of memory in the running batch", retry_after=1)
+        for s in self._rows:
+            if not s.finished:
+                events.append((s, s.fail(err)))
+        self._sched.finish(self._rows)
+        self._rows = []
+
+    def _sample(
+        self, seqs: list[Sequence], logits: torch.Tensor, events: list[tuple[Sequence, TokenEvent]]
+    ) -> None:
+        cfgs = [s.params.sampling for s in seqs]
+        seen = [self._seen(s) for s in seqs]
+        tokens = sample_batch(logits, cfgs, [s.generator for s in seqs], seen)
+        for seq, token in zip(seqs, tokens, strict=True):
+            if seq.cancelled:
+                continue
+            event = seq.accept(token)
+            if event is not None:
+                events.append((seq, event))
+
+    def _seen(self, seq: Sequence) -> torch.Tensor:
+        if seq.params.sampling.repetition_penalty == 1.0:
+            return _EMPTY
+        return torch.tensor(seq.prompt_ids + seq.generated, dtype=torch.long, device=self.loaded.device)
+
+    def _drop(self) -> None:
+        """Remove finished and cancelled rows from the KV batch and the scheduler."""
+        gone = [s for s in self._rows if s.finished or s.cancelled]
+        if not gone:
+            return
+        keep = [i for i, s in enumerate(self._rows) if not (s.finished or s.cancelled)]
+        self._batch.keep(keep)
+        self._rows = [self._rows[i] for i in keep]
+        self._sched.finish(gone)
+
+    def _release(self) -> None:
+        if self.loaded.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _deliver(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, TokenEvent]]] = {}
+        for seq, event in events:
+            by_loop.setdefault(seq.loop, []).append((seq, event))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is listening
+
+    def _fail_all(self, err: BaseException) -> None:
+        pending = self._rows + list(self._sched.waiting) + self._inbox
+        self._deliver([(s, s.fail(err)) for s in pending if not s.finished])
+
+
+def _put_all(batch: list[tuple[Sequence, TokenEvent]]) -> None:
+    for seq, event in batch:
+        seq.queue.put_nowait(event)

@@ -1,0 +1,245 @@
+"""Loading a transformers model from files on disk or in memory.
+
+Sealed models are decrypted into memory, never to disk, so the loader reads
+through the small ``ModelFiles`` seam: a name list and ``read(name) -> bytes``.
+Weights are safetensors only; the model is built on the meta device and the
+tensors are assigned, so nothing is initialised twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelgate.errors import ConfigError, EngineError
+
+
+class ModelFiles(Protocol):
+    """A model's files, by relative name (``"config.json"``, ``"1_Pooling/config.json"``)."""
+
+    def names(self) -> list[str]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+
+class DirectoryFiles:
+    """A plain transformers model directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: model directory not found")
+
+    def names(self) -> list[str]:
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file())
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+
+class MemoryFiles:
+    """Files already in memory (e.g. decrypted from a sealed model)."""
+
+    def __init__(self, files: Mapping[str, bytes]):
+        self._files = dict(files)
+
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._files[name]
+        except KeyError:
+            raise FileNotFoundError(name) from None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel, eval mode, on its device
+    tokenizer: Any  # PreTrainedTokenizerFast
+    device: Any  # torch.device
+    eos_token_ids: frozenset[int]
+    max_context: int
+    files: tuple[str, ...] = ()
+
+
+def read_json(files: ModelFiles, name: str) -> Any:
+    try:
+        return json.loads(files.read(name))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EngineError(f"{name}: invalid JSON: {exc}") from exc
+
+
+def resolve_device(spec: str) -> Any:
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r}: torch sees no CUDA/ROCm device")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str, device: Any, config: Mapping[str, Any]) -> Any:
+    import torch
+
+    if spec != "auto":
+        return getattr(torch, spec)
+    if device.type == "cpu":
+        return torch.float32  # half precision matmuls are slow on most CPUs
+    declared = config.get("torch_dtype") or config.get("dtype")
+    if declared in ("float16", "bfloat16"):
+        return getattr(torch, declared)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_tokenizer(files: ModelFiles) -> Any:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        raw = files.read("tokenizer.json").decode("utf-8")
+    except FileNotFoundError:
+        raise EngineError("the model has no tokenizer.json (a fast tokenizer is required)") from None
+    cfg = read_json(files, "tokenizer_config.json") or {}
+    special = read_json(files, "special_tokens_map.json") or {}
+    kwargs: dict[str, Any] = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        value = cfg.get(key, special.get(key))
+        if isinstance(value, dict):
+            value = value.get("content")
+        if value is not None:
+            kwargs[key] = value
+    for key in ("model_max_length", "padding_side", "clean_up_tokenization_spaces", "do_lower_case"):
+        if key in cfg:
+            kwargs[key] = cfg[key]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(raw), **kwargs)
+    template = cfg.get("chat_template")
+    if template is None and "chat_template.jinja" in files.names():
+        template = files.read("chat_template.jinja").decode("utf-8")
+    if isinstance(template, list):  # named templates: take "default"
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    tok.chat_template = template
+    return tok
+
+
+def _state_dict(files: ModelFiles) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
+    if not names:
+        if any(n.endswith((".bin", ".pt", ".pth")) for n in files.names()):
+            raise EngineError("only safetensors weights are loaded (found pickle weights: convert them)")
+        raise EngineError("the model has no *.safetensors weights")
+    state: dict[str, Any] = {}
+    for name in names:
+        state.update(load(files.read(name)))
+    return state
+
+
+def _materialise(model: Any, state: dict[str, Any], device: Any, dtype: Any) -> None:
+    """Assign loaded tensors to a meta-built model; recompute non-persistent buffers."""
+    import torch
+
+    state = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()
+    }
+    # Checkpoints named for the base model (``model.``-less) or with a prefix.
+    prefix = getattr(model, "base_model_prefix", "")
+    own = set(model.state_dict())
+    if prefix and not own & set(state):
+        state = {f"{prefix}.{k}" if f"{prefix}.{k}" in own else k: v for k, v in state.items()}
+    result = model.load_state_dict(state, assign=True, strict=False)
+    model.tie_weights()
+    for p in model.parameters():
+        p._is_hf_initialized = True
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise EngineError(f"the weights lack {len(missing)} tensors, e.g. {missing[:3]} ({result})")
+    for key, buf in model.named_non_persistent_buffers():
+        mod, _, name = key.rpartition(".")
+        model.get_submodule(mod).register_buffer(name, torch.empty_like(buf, device=device), persistent=False)
+    model.initialize_weights()  # only what was not loaded: rotary tables and the like
+    for key, buf in model.named_buffers():
+        if buf.is_meta:
+            raise EngineError(f"buffer {key} was not initialised")
+
+
+def _build(config_dict: dict[str, Any], *, embedding: bool, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    if config_dict.get("auto_map") and not trust_remote_code:
+        raise ConfigError("this model needs custom code: set trust_remote_code: true only if you trust it")
+    model_type = config_dict.get("model_type")
+    if not model_type:
+        raise EngineError("config.json has no model_type")
+    try:
+        config = AutoConfig.for_model(**config_dict)
+    except (ValueError, KeyError) as exc:
+        raise EngineError(f"unsupported model_type {model_type!r}: {exc}") from exc
+    auto = AutoModel if embedding else AutoModelForCausalLM
+    return config, auto
+
+
+def load_model(
+    files: ModelFiles,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    embedding: bool = False,
+) -> LoadedModel:
+    """Load a causal LM (or, with ``embedding``, an encoder) and its tokenizer."""
+    import torch
+
+    config_dict = read_json(files, "config.json")
+    if not isinstance(config_dict, dict):
+        raise EngineError("the model has no config.json")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev, config_dict)
+    tokenizer = load_tokenizer(files)
+    if trust_remote_code and isinstance(files, DirectoryFiles):
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        auto = AutoModel if embedding else AutoModelForCausalLM
+        model = auto.from_pretrained(files.root, trust_remote_code=True, dtype=torch_dtype).to(dev)
+    else:
+        if config_dict.get("auto_map") and trust_remote_code:
+            raise ConfigError("custom model code cannot be loaded from a sealed (in-memory) model")
+        config, auto = _build(config_dict, embedding=embedding, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = auto.from_config(config, dtype=torch_dtype)
+        _materialise(model, _state_dict(files), dev, torch_dtype)
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=dev,
+        eos_token_ids=_eos_ids(files, config_dict, tokenizer),
+        max_context=_max_context(config_dict, tokenizer),
+        files=tuple(files.names()),
+    )
+
+
+def _eos_ids(files: ModelFiles, config: Mapping[str, Any], tokenizer: Any) -> frozenset[int]:
+    gen = read_json(files, "generation_config.json") or {}
+    ids: set[int] = set()
+    for source in (gen.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list):
+            ids.update(i for i in source if isinstance(i, int))
+    return frozenset(ids)
+
+
+def _max_context(config: Mapping[str, Any], tokenizer: Any) -> int:
+    limit = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    return int(limit)

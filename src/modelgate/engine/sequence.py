@@ -1,0 +1,104 @@
+"""One sequence being generated: its ids, its text state and where its output goes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelgate.engine.detok import Decode, IncrementalDetokenizer
+from modelgate.engine.sampling import SamplingConfig
+from modelgate.engine.stops import StopMatcher
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class SeqParams:
+    max_new_tokens: int
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """Output of one step for one sequence: new token ids and the text now certain."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: BaseException | None = None
+
+
+class Sequence:
+    """Owned by the engine's step thread once submitted; ``cancel`` is the only
+    thing the event loop may call on it afterwards."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SeqParams,
+        *,
+        decode: Decode,
+        eos_ids: frozenset[int],
+        loop: asyncio.AbstractEventLoop,
+    ):
+        self.id = next(_ids)
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.generated: list[int] = []
+        self.unsent: list[int] = []
+        self.detok = IncrementalDetokenizer(decode, prompt_ids[-4:])
+        self.stops = StopMatcher(params.stop)
+        self.eos_ids = frozenset() if params.ignore_eos else eos_ids
+        self.loop = loop
+        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.generator: Any = None
+        self.finished = False
+        self._cancelled = False
+
+    # -- Schedulable
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.params.max_new_tokens
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    # -- step thread
+    def accept(self, token: int) -> TokenEvent | None:
+        """Record one sampled token; return the event to deliver, if any."""
+        self.generated.append(token)
+        self.unsent.append(token)
+        finish: str | None = None
+        if token in self.eos_ids:
+            text, finish = self.stops.feed(self.detok.flush())[0] + self.stops.flush(), "stop"
+        else:
+            text, hit = self.stops.feed(self.detok.push(token))
+            if hit:
+                finish = "stop"
+            elif len(self.generated) >= self.params.max_new_tokens:
+                tail, hit = self.stops.feed(self.detok.flush())
+                text += tail if hit else tail + self.stops.flush()
+                finish = "stop" if hit else "length"
+        if not text and finish is None:
+            return None
+        self.finished = finish is not None
+        ids, self.unsent = tuple(self.unsent), []
+        return TokenEvent(ids, text, finish, len(self.prompt_ids), len(self.generated))
+
+    def fail(self, exc: BaseException) -> TokenEvent:
+        self.finished = True
+        return TokenEvent((), "", None, len(self.prompt_ids), len(self.generated), error=exc)
