@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modelgate.backends.base import BackendContext
+from modelgate.backends.base import BackendContext, BackendFactory
 from modelgate.backends.registry import backend_factory
 from modelgate.config import HealthConfig, ModelConfig
 from modelgate.errors import NoHealthyEndpoint, UpstreamError, UpstreamTimeout
@@ -41,8 +41,10 @@ class EndpointPool:
         lifecycle: Any,
         events: RouterEvents,
         rng: random.Random | None = None,
+        factory: BackendFactory | None = None,
     ) -> None:
         self.model = model
+        self._factory = factory
         self._ctx = ctx
         self._lifecycle = lifecycle
         self._events = events
@@ -57,7 +59,7 @@ class EndpointPool:
         self._health_cfg = health
 
     async def start(self) -> None:
-        factory = backend_factory(self.model.backend)
+        factory = self._factory or backend_factory(self.model.backend)
         if self.model.backend == "local":
             self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None)
         for cfg in self.model.endpoints:
@@ -108,9 +110,11 @@ class EndpointPool:
         ep.in_flight -= 1
         self._queue.notify()
 
-    def _retry_allowed(self, exc: UpstreamError, attempt: int, ep: Endpoint) -> bool:
+    def _retry_allowed(self, exc: UpstreamError, attempt: int, ep: Endpoint, tried: set[str]) -> bool:
         if not exc.failover or attempt >= self.model.retry.max_attempts:
             return False
+        if not any(e.url not in tried and e.usable for e in self.endpoints):
+            return False  # nowhere else to go: do not spend the budget
         if not self._budget.try_retry():
             return False
         self._events.retry(self.model.id, ep.url, exc.code or type(exc).__name__)
@@ -149,7 +153,7 @@ class EndpointPool:
                 return
             except UpstreamError as exc:
                 self._failed(ep, exc)
-                if sent or not self._retry_allowed(exc, attempt, ep):
+                if sent or not self._retry_allowed(exc, attempt, ep, tried):
                     raise
                 last = exc
             except (asyncio.CancelledError, GeneratorExit):
@@ -193,7 +197,7 @@ class EndpointPool:
             finally:
                 self._release(ep)
             self._failed(ep, exc)
-            if not self._retry_allowed(exc, attempt, ep):
+            if not self._retry_allowed(exc, attempt, ep, tried):
                 raise exc
             last = exc
         assert last is not None
