@@ -88,7 +88,7 @@ async def test_retry_budget_exhausted_means_no_retry(make_pool):
 
 
 async def test_consecutive_failures_eject_then_probe_readmits(make_pool):
-    pool, (a, b), events = await make_pool(
+    pool, (a, _b), events = await make_pool(
         2, health={"consecutive_failures": 3, "base_ejection_s": 0.3}, retry={"max_attempts": 1}
     )
     a.script = [raising(UpstreamError("boom", upstream_status=500))]
@@ -140,7 +140,7 @@ async def test_429_retry_after_cools_the_endpoint(make_pool):
 
 
 async def test_insufficient_quota_endpoint_is_skipped(make_pool):
-    pool, (a, b), _ = await make_pool(2)
+    pool, (a, _b), _ = await make_pool(2)
     a.script = [raising(UpstreamQuotaExceeded("quota", upstream_status=429, cooldown_s=300))]
     for _ in range(6):
         assert text(await collect(pool)) == "hi"
