@@ -1,0 +1,141 @@
+"""``modelgate serve`` and ``modelgate check`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+from tests.integration.api.conftest import API_KEY
+from tests.support.openai_upstream import FakeOpenAI
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path: Path, upstream_url: str) -> Path:
+    cfg = {
+        "auth": {"api_keys": [API_KEY]},
+        "server": {"drain_timeout_s": 10},
+        "models": [
+            {
+                "id": "m",
+                "backend": "openai",
+                "endpoints": [{"url": upstream_url, "upstream_model": "up-model"}],
+            }
+        ],
+    }
+    p = tmp_path / "modelgate.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                async with s.get(url + "/health") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(url)
+
+
+async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    upstream = await FakeOpenAI().start()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelgate",
+            "serve",
+            "--config",
+            str(write_config(tmp_path, upstream.url)),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base, proc)
+        upstream.plan[:] = [("slow", 1.0)]
+        async with aiohttp.ClientSession() as s:
+            pending = asyncio.ensure_future(
+                s.post(
+                    base + "/v1/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                )
+            )
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            resp = await pending
+            assert resp.status == 200
+            assert (await resp.json())["choices"][0]["message"]["content"] == "hello there"
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        log = proc.stderr.read().decode() if proc.stderr else ""
+        assert '"msg":"draining"' in log and '"msg":"stopped"' in log
+        assert API_KEY not in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await upstream.stop()
+
+
+async def test_check_prints_table_and_exit_code(tmp_path: Path) -> None:
+    upstream = await FakeOpenAI().start()
+    try:
+        cfg = write_config(tmp_path, upstream.url)
+        ok = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "modelgate", "check", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        header = ok.stdout.splitlines()[0].split()
+        assert header[:3] == ["model", "endpoint", "reachable"]
+        assert "yes" in ok.stdout.splitlines()[2]
+    finally:
+        await upstream.stop()
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "modelgate", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    assert "no healthy endpoint: m" in bad.stdout
+
+
+def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("server: {port: 8000, colour: blue}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "modelgate", "serve", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert f"{p}: server.colour: unknown key" in r.stderr
+    assert "Traceback" not in r.stderr
