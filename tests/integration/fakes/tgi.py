@@ -46,9 +46,25 @@ def spec() -> dict[str, Any]:
     return data
 
 
+def _nullable(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable: true`` in JSON Schema terms."""
+    if isinstance(node, list):
+        return [_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _nullable(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable"):
+        if isinstance(out.get("type"), str):
+            out["type"] = [out["type"], "null"]
+        else:
+            return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
 @cache
 def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": spec()["components"]})
+    components = _nullable(spec()["components"])
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": components})
 
 
 def tgi_error(
@@ -120,20 +136,34 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
     async def info(request: web.Request) -> web.Response:
         return web.json_response(INFO)
 
-    async def parse(request: web.Request) -> dict[str, Any] | web.Response:
+    async def parse(request: web.Request, schema: str = "GenerateRequest") -> dict[str, Any] | web.Response:
         state.stats.requests += 1
         try:
             body = await request.json()
         except ValueError:
             return tgi_error(422, "Failed to deserialize the JSON body", "validation")
         state.seen_bodies.append(body)
-        errors = sorted(validator("GenerateRequest").iter_errors(body), key=str)
+        errors = sorted(validator(schema).iter_errors(body), key=str)
         if errors:
             return tgi_error(422, f"Input validation error: {errors[0].message}", "validation")
         return body
 
+    async def compat(request: web.Request) -> web.StreamResponse:
+        """TGI's ``POST /``: ``stream`` picks the route; a whole answer is a one-item list."""
+        body = await parse(request, "CompatGenerateRequest")
+        if isinstance(body, web.StreamResponse):
+            return body
+        state.stats.requests -= 1
+        request[BODY] = {"inputs": body["inputs"], "parameters": body.get("parameters") or {}}
+        if body.get("stream"):
+            return await generate_stream(request)
+        resp = await generate(request)
+        if isinstance(resp, web.Response) and resp.status == 200 and resp.body is not None:
+            resp.body = b"[" + bytes(resp.body) + b"]"  # type: ignore[arg-type]
+        return resp
+
     async def generate(request: web.Request) -> web.StreamResponse:
-        body = await parse(request)
+        body = request.get(BODY) or await parse(request)
         if isinstance(body, web.StreamResponse):
             return body
         mode = state.fault()
@@ -161,7 +191,7 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
         )
 
     async def generate_stream(request: web.Request) -> web.StreamResponse:
-        body = await parse(request)
+        body = request.get(BODY) or await parse(request)
         if isinstance(body, web.StreamResponse):
             return body
         mode = state.fault()
@@ -198,6 +228,7 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
 
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
+    app.router.add_post("/", compat)
     app.router.add_post("/generate", generate)
     app.router.add_post("/generate_stream", generate_stream)
     app.router.add_post("/v1/chat/completions", chat)
@@ -205,6 +236,7 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
 
 
 STATE: web.AppKey[FakeState] = web.AppKey("fake_state", FakeState)
+BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("fake_body", dict)
 
 
 def _stream_events(tokens: list[dict[str, Any]], reason: str, input_length: int) -> list[bytes]:
