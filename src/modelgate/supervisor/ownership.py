@@ -85,6 +85,7 @@ class ProcessRecords:
     def __init__(self, state_dir: Path, instance: str):
         self.dir = state_dir
         self.instance = instance
+        self._paths: dict[ProcessRecord, Path] = {}  # where load() found each record
 
     def _path(self, pid: int, start_time: int) -> Path:
         return self.dir / f"{self.instance}-{pid}-{start_time}.json"
@@ -105,8 +106,9 @@ class ProcessRecords:
         return rec
 
     def forget(self, rec: ProcessRecord) -> None:
+        path = self._paths.pop(rec, None) or self._path(rec.pid, rec.start_time)
         with contextlib.suppress(FileNotFoundError):
-            self._path(rec.pid, rec.start_time).unlink()
+            path.unlink()
 
     def load(self) -> list[ProcessRecord]:
         out: list[ProcessRecord] = []
@@ -120,6 +122,7 @@ class ProcessRecords:
                 path.unlink(missing_ok=True)
                 continue
             if rec.instance == self.instance:
+                self._paths[rec] = path
                 out.append(rec)
         return out
 
