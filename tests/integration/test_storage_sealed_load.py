@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     import torch
     with open_sealed(sys.argv[1], load_key(sys.argv[2])) as files:
         lm = load_model(files, device="cpu", dtype="float32")
-    ids = torch.tensor([PROMPT])
+    ids = torch.tensor([[PROMPT]])
     with torch.no_grad():
         out = lm.model.generate(ids, max_new_tokens=8, do_sample=False)
     print("RESULT " + json.dumps(out[0].tolist()))
