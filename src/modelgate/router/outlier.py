@@ -9,12 +9,16 @@
 - an error carrying ``cooldown_s`` (429 ``Retry-After``, ``insufficient_quota``,
   401/403/404) cools the endpoint for that long: no traffic, no state change;
   a 429 without ``Retry-After`` cools it for one second;
+- at most half of a pool (at least one endpoint) is ejected at a time (Envoy's
+  ``max_ejection_percent``), so errors spread over every endpoint never eject them
+  all: the retry budget, not ejection, bounds the damage then;
 - a client disconnect is not the endpoint's fault and counts for nothing.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from modelgate.config import HealthConfig
 from modelgate.errors import UpstreamError, UpstreamOverloaded
@@ -22,12 +26,18 @@ from modelgate.router.endpoint import Clock, Endpoint
 
 _GATEWAY_FAILURES = frozenset({502, 503, 504})
 _DEFAULT_429_COOLDOWN_S = 1.0
+MAX_EJECTED_SHARE = 0.5
 
 
 class OutlierDetector:
-    def __init__(self, health: HealthConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(self, health: HealthConfig, peers: Sequence[Endpoint] = (), clock: Clock = time.monotonic) -> None:
         self._cfg = health
+        self._peers = peers
         self._clock = clock
+
+    def _may_eject(self) -> bool:
+        ejected = sum(1 for e in self._peers if e.state == "ejected")
+        return ejected + 1 <= max(1, int(len(self._peers) * MAX_EJECTED_SHARE))
 
     def success(self, ep: Endpoint, latency_s: float | None) -> None:
         ep.requests += 1
@@ -48,7 +58,7 @@ class OutlierDetector:
         if not (exc.penalize or exc.upstream_status in _GATEWAY_FAILURES):
             return
         ep.consecutive_failures += 1
-        if ep.consecutive_failures >= self._cfg.consecutive_failures and ep.state != "ejected":
+        if ep.consecutive_failures >= self._cfg.consecutive_failures and ep.state != "ejected" and self._may_eject():
             ep.eject(self.ejection_time(ep.ejections + 1))
 
     def ejection_time(self, times: int) -> float:

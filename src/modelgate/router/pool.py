@@ -49,7 +49,7 @@ class EndpointPool:
         self._lifecycle = lifecycle
         self._events = events
         self.endpoints: list[Endpoint] = []
-        self._outlier = OutlierDetector(health)
+        self._outlier = OutlierDetector(health, self.endpoints)
         self._budget = RetryBudget(model.retry)
         self._balancer = Balancer(model.balance, rng)
         self._queue = AdmissionQueue(

@@ -290,3 +290,13 @@ async def test_snapshot_shape(make_pool):
     for ep in snap["endpoints"]:
         assert keys <= set(ep)
         assert ep["last_probe"]["ok"] is True
+
+
+async def test_errors_everywhere_never_eject_the_whole_pool(make_pool):
+    pool, backends, _ = await make_pool(2, health={"consecutive_failures": 2}, retry={"max_attempts": 1})
+    for b in backends:
+        b.script = [raising(UpstreamError("boom", upstream_status=503))]
+    for _ in range(20):
+        with pytest.raises(UpstreamError):
+            await collect(pool)
+    assert sorted(e.state for e in pool.endpoints) == ["ejected", "healthy"]
