@@ -32,6 +32,8 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    # Why it finished, in TGI's words: eos_token, stop_sequence or length.
+    stop_reason: str | None = None
 
 
 class Sequence:
@@ -82,22 +84,24 @@ class Sequence:
         """Record one sampled token; return the event to deliver, if any."""
         self.generated.append(token)
         self.unsent.append(token)
-        finish: str | None = None
+        why: str | None = None
         if token in self.eos_ids:
-            text, finish = self.stops.feed(self.detok.flush())[0] + self.stops.flush(), "stop"
+            tail, hit = self.stops.feed(self.detok.flush())
+            text, why = (tail if hit else tail + self.stops.flush()), "eos_token"
         else:
             text, hit = self.stops.feed(self.detok.push(token))
             if hit:
-                finish = "stop"
+                why = "stop_sequence"
             elif len(self.generated) >= self.params.max_new_tokens:
                 tail, hit = self.stops.feed(self.detok.flush())
                 text += tail if hit else tail + self.stops.flush()
-                finish = "stop" if hit else "length"
-        if not text and finish is None:
+                why = "stop_sequence" if hit else "length"
+        if not text and why is None:
             return None
-        self.finished = finish is not None
+        self.finished = why is not None
+        finish = None if why is None else ("length" if why == "length" else "stop")
         ids, self.unsent = tuple(self.unsent), []
-        return TokenEvent(ids, text, finish, len(self.prompt_ids), len(self.generated))
+        return TokenEvent(ids, text, finish, len(self.prompt_ids), len(self.generated), stop_reason=why)
 
     def fail(self, exc: BaseException) -> TokenEvent:
         self.finished = True

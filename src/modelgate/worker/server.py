@@ -1,0 +1,85 @@
+"""``modelgate worker``: one local model behind TGI-compatible and OpenAI routes.
+
+The model is loaded and warmed up before the port opens, so a supervisor's
+health check passing means the worker can answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from modelgate.config import Config, ModelConfig, build_config
+from modelgate.engine.runtime import LocalModel, load_local_model
+from modelgate.worker.tgi_routes import WORKER_MODEL, register_tgi_routes
+
+log = logging.getLogger("modelgate.worker")
+
+
+def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
+    from pathlib import Path
+
+    model: dict[str, Any] = {
+        "id": args.model_id or Path(args.model).resolve().name,
+        "backend": "local",
+        "path": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "task": getattr(args, "task", "chat"),
+        "max_batch_size": getattr(args, "max_batch_size", 32),
+    }
+    if args.key_file:
+        model["key_file"] = args.key_file
+    raw = {"server": {"host": args.host, "port": args.port}, "models": [model]}
+    import os
+
+    return build_config(raw, source="<modelgate worker>", environ=os.environ if environ is None else environ)
+
+
+def build_worker_app(config: Config, local: LocalModel) -> web.Application:
+    from modelgate.api.app import Services, build_app
+
+    services = Services(extra={"local_models": {local.config.id: local}})
+
+    def routes(app: web.Application) -> None:
+        app[WORKER_MODEL] = local
+        register_tgi_routes(app)
+
+    return build_app(config, services=services, extra_routes=routes)
+
+
+def load_worker_model(config: Config) -> LocalModel:
+    model: ModelConfig = config.models[0]
+    return load_local_model(model, config)
+
+
+async def _serve(config: Config, local: LocalModel) -> None:
+    app = build_worker_app(config, local)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    log.info("worker for %s on http://%s:%s", local.config.id, config.server.host, config.server.port)
+    print(
+        f"modelgate worker: serving {local.config.id} on http://{config.server.host}:{config.server.port}",
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = worker_config(args)
+    local = load_worker_model(config)
+    try:
+        asyncio.run(_serve(config, local))
+    finally:
+        local.close()
+    return 0

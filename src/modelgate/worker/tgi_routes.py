@@ -1,0 +1,243 @@
+"""TGI-compatible routes of ``modelgate worker``: ``/generate``, ``/generate_stream``,
+``/`` (compat), ``/info``, ``/health``, ``/tokenize``.
+
+Handlers are thin: validate the body (``tgi_schema``), submit to the engine,
+render TGI's JSON or SSE.  Errors are TGI's ``{error, error_type}`` with TGI's
+statuses, so the gateway's ``tgi`` backend reads its own workers like TGI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from modelgate import __version__
+from modelgate.engine.runtime import LocalModel
+from modelgate.engine.sequence import SeqParams, TokenEvent
+from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
+from modelgate.worker.tgi_schema import CompatGenerateRequest, GenerateRequest, ValidationError
+
+WORKER_MODEL = web.AppKey("worker_model", LocalModel)
+MAX_STOP = 4
+
+
+def register_tgi_routes(app: web.Application) -> None:
+    app.router.add_post("/generate", generate)
+    app.router.add_post("/generate_stream", generate_stream)
+    app.router.add_post("/", compat_generate)
+    app.router.add_get("/info", info)
+    app.router.add_post("/tokenize", tokenize)
+    if not any(
+        r.method == "GET" and r.resource and r.resource.canonical == "/health" for r in app.router.routes()
+    ):
+        app.router.add_get("/health", health)
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def tgi_error(exc: ModelGateError) -> tuple[int, dict[str, str]]:
+    if isinstance(exc, InvalidRequest) or exc.status in (400, 413, 422):
+        return 422, {"error": exc.message, "error_type": "validation"}
+    if isinstance(exc, (RateLimited, ServiceUnavailable)):  # out of memory too: capacity, retry elsewhere
+        return 429, {"error": exc.message, "error_type": "overloaded"}
+    return 424, {"error": exc.message, "error_type": "generation"}
+
+
+def _error_response(exc: ModelGateError) -> web.Response:
+    status, body = tgi_error(exc)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+# -- request handling -------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One validated generation: the prompt ids and the engine parameters."""
+
+    body: GenerateRequest
+    prompt: list[int]
+    params: SeqParams
+    tokens: list[dict[str, Any]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    last: TokenEvent | None = None
+
+
+async def _parse(request: web.Request, model: type[GenerateRequest]) -> GenerateRequest:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"Input validation error: {where}: {first['msg']}") from None
+
+
+def _prepare(local: LocalModel, body: GenerateRequest) -> _Run:
+    p = body.parameters
+    name = p.unsupported()
+    if name is not None:
+        raise InvalidRequest(f"Input validation error: `{name}` is not supported by this worker")
+    engine = local.require_engine()
+    ids = local.encode(body.inputs)
+    if p.truncate:
+        ids = ids[-p.truncate :]
+    room = local.loaded.max_context - len(ids)
+    requested = p.max_new_tokens if p.max_new_tokens is not None else min(1024, max(room, 1))
+    max_new = engine.max_new_tokens(len(ids), max(requested, 1))
+    return _Run(body, ids, SeqParams(max_new, p.sampling, tuple(p.stop)))
+
+
+def _token(local: LocalModel, token_id: int, text: str) -> dict[str, Any]:
+    special = token_id in local.loaded.eos_token_ids
+    return {"id": token_id, "text": "" if special else text, "logprob": None, "special": special}
+
+
+async def _events(local: LocalModel, run: _Run) -> AsyncIterator[tuple[dict[str, Any], bool]]:
+    """(token, is_last) per generated token, recording text and details in ``run``."""
+    engine = local.require_engine()
+    seq = engine.submit(run.prompt, run.params)
+    async for event in engine.events(seq):
+        run.text.append(event.text)
+        run.last = event
+        ids = event.token_ids
+        for i, token_id in enumerate(ids):
+            token = _token(local, token_id, event.text if i == len(ids) - 1 else "")
+            run.tokens.append(token)
+            yield token, event.finish_reason is not None and i == len(ids) - 1
+
+
+def _details(local: LocalModel, run: _Run) -> dict[str, Any]:
+    assert run.last is not None
+    prefill = []
+    if run.body.parameters.decoder_input_details:
+        prefill = [{"id": t, "text": local.loaded.tokenizer.decode([t]), "logprob": None} for t in run.prompt]
+    return {
+        "finish_reason": run.last.stop_reason or "length",
+        "generated_tokens": run.last.completion_tokens,
+        "seed": run.body.parameters.seed if run.params.sampling.temperature > 0 else None,
+        "prefill": prefill,
+        "tokens": run.tokens,
+        "top_tokens": [],
+    }
+
+
+def _full_text(run: _Run) -> str:
+    text = "".join(run.text)
+    return run.body.inputs + text if run.body.parameters.return_full_text else text
+
+
+async def _generate_json(local: LocalModel, run: _Run) -> dict[str, Any]:
+    async for _ in _events(local, run):
+        pass
+    out: dict[str, Any] = {"generated_text": _full_text(run)}
+    if run.body.parameters.details:
+        out["details"] = _details(local, run)
+    return out
+
+
+async def _stream(request: web.Request, local: LocalModel, run: _Run) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        async for token, last in _events(local, run):
+            event: dict[str, Any] = {"index": len(run.tokens) - 1, "token": token, "top_tokens": []}
+            event["generated_text"] = _full_text(run) if last else None
+            event["details"] = _stream_details(run) if last and run.body.parameters.details else None
+            await resp.write(b"data:" + orjson.dumps(event) + b"\n\n")
+    except ModelGateError as exc:
+        _, body = tgi_error(exc)
+        await resp.write(b"data:" + orjson.dumps(body) + b"\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def _stream_details(run: _Run) -> dict[str, Any]:
+    assert run.last is not None
+    return {
+        "finish_reason": run.last.stop_reason or "length",
+        "generated_tokens": run.last.completion_tokens,
+        "input_length": len(run.prompt),
+        "seed": run.body.parameters.seed if run.params.sampling.temperature > 0 else None,
+    }
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    local = request.app[WORKER_MODEL]
+    try:
+        run = _prepare(local, await _parse(request, GenerateRequest))
+        return web.json_response(await _generate_json(local, run), dumps=_dumps)
+    except ModelGateError as exc:
+        return _error_response(exc)
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    local = request.app[WORKER_MODEL]
+    try:
+        run = _prepare(local, await _parse(request, GenerateRequest))
+    except ModelGateError as exc:
+        return _error_response(exc)
+    return await _stream(request, local, run)
+
+
+async def compat_generate(request: web.Request) -> web.StreamResponse:
+    local = request.app[WORKER_MODEL]
+    try:
+        body = await _parse(request, CompatGenerateRequest)
+        run = _prepare(local, body)
+        if isinstance(body, CompatGenerateRequest) and body.stream:
+            return await _stream(request, local, run)
+        return web.json_response([await _generate_json(local, run)], dumps=_dumps)
+    except ModelGateError as exc:
+        return _error_response(exc)
+
+
+async def info(request: web.Request) -> web.Response:
+    local = request.app[WORKER_MODEL]
+    ctx = local.loaded.max_context
+    body = {
+        "model_id": local.config.id,
+        "model_sha": None,
+        "model_pipeline_tag": "feature-extraction" if local.engine is None else "text-generation",
+        "max_concurrent_requests": local.config.max_batch_size * 4,
+        "max_best_of": 1,
+        "max_stop_sequences": MAX_STOP,
+        "max_input_tokens": max(ctx - 1, 1),
+        "max_total_tokens": ctx,
+        "validation_workers": 1,
+        "max_client_batch_size": local.config.max_batch_size,
+        "router": "modelgate-worker",
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+    }
+    return web.json_response(body, dumps=_dumps)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    local = request.app[WORKER_MODEL]
+    try:
+        body = await _parse(request, GenerateRequest)
+    except ModelGateError as exc:
+        return _error_response(exc)
+    enc = local.tokenizer(body.inputs, return_offsets_mapping=True)
+    out = [
+        {"id": i, "text": body.inputs[a:b], "start": a, "stop": b}
+        for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+    ]
+    return web.json_response(out, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
