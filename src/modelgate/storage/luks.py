@@ -41,6 +41,7 @@ from modelgate.storage.errors import (
 
 FAST_PBKDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")  # tests only: keys are random
 DM_CONTROL = "/dev/mapper/control"
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 _BY_CODE: dict[int, type[LuksError]] = {2: LuksBadKey, 3: LuksOutOfMemory, 4: LuksNoDevice, 5: LuksBusy}
 
 
@@ -95,6 +96,11 @@ def open_argv(device: str, name: str, header: str | None = None, key_file: str =
 
 def close_argv(name: str) -> list[str]:
     return ["close", name]
+
+
+def mount_argv(source: str, target: str) -> list[str]:
+    """Arguments to ``mount``: read-only, no devices, no set-uid, no exec."""
+    return ["-o", MOUNT_OPTIONS, source, target]
 
 
 @dataclass(frozen=True)
