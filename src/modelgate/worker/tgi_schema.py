@@ -66,7 +66,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     inputs: str = Field(min_length=1)
-    parameters: GenerateParameters = Field(default_factory=lambda: GenerateParameters())
+    parameters: GenerateParameters = Field(default_factory=lambda: GenerateParameters.model_validate({}))
 
 
 class CompatGenerateRequest(GenerateRequest):
