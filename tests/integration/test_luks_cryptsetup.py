@@ -122,3 +122,24 @@ def test_open_without_device_mapper_names_the_reason(volume, cs):
     dev, key = volume
     with pytest.raises(NoDeviceMapper, match="device-mapper"):
         cs.open(dev, "modelgate-test-nodm", key)
+
+
+@pytest.mark.skipif(
+    device_mapper_problem() is None, reason="device-mapper exists here; the VM test covers open"
+)
+async def test_manager_on_a_host_without_device_mapper_fails_at_start(volume, tmp_path):
+    from modelgate.config import build_config
+    from modelgate.storage.manager import StorageManager
+
+    dev, key = volume
+    kf = tmp_path / "k"
+    kf.write_bytes(key)
+    kf.chmod(0o400)
+    storage = {"kind": "luks", "device": dev, "key_file": str(kf), "mount": str(tmp_path / "mnt")}
+    model = {"id": "m", "backend": "tgi", "endpoints": [{"url": "http://127.0.0.1:9"}], "storage": storage}
+    mgr = StorageManager(build_config({"models": [model]}, source="t", environ={}))
+    failed = await mgr.open_all()
+    assert failed["m"]["state"] == "failed" and "device-mapper" in failed["m"]["detail"]
+    assert not mgr.ready("m")
+    await mgr.close_all()  # nothing was opened: nothing to close, no error
+    assert mgr.status()["m"]["state"] == "failed"
