@@ -31,12 +31,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modelgate.backends.base import BackendContext  # noqa: E402
-from modelgate.errors import ModelGateError  # noqa: E402
-from modelgate.router.pool import EndpointPool  # noqa: E402
-from modelgate.router.router import Router  # noqa: E402
-from tests.integration.fakes.core import ProcessServer  # noqa: E402
-from tests.integration.fakes.harness import chat, router_config, write_tokenizer_dir  # noqa: E402
+from tests.integration.fakes.core import ProcessServer
+from tests.integration.fakes.harness import chat, router_config, write_tokenizer_dir
+
+from modelgate.backends.base import BackendContext
+from modelgate.errors import ModelGateError
+from modelgate.router.pool import EndpointPool
+from modelgate.router.router import Router
 
 
 def pct(values: list[float], q: float) -> float:
@@ -50,7 +51,9 @@ async def stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return data
 
 
-async def load(router: Router, stop: asyncio.Event, concurrency: int, out: dict[str, int], stream: bool = False) -> None:
+async def load(
+    router: Router, stop: asyncio.Event, concurrency: int, out: dict[str, int], stream: bool = False
+) -> None:
     async def worker() -> None:
         while not stop.is_set():
             try:
@@ -118,7 +121,9 @@ async def kill_one(tok: Path, quick: bool) -> dict[str, Any]:
 
 async def thirty_percent(tok: Path, quick: bool) -> dict[str, Any]:
     servers = [
-        ProcessServer("tgi", faults={"tokens": 4, "mode": "status", "status": 503, "rate": 0.3, "seed": i}).start()
+        ProcessServer(
+            "tgi", faults={"tokens": 4, "mode": "status", "status": 503, "rate": 0.3, "seed": i}
+        ).start()
         for i in range(2)
     ]
     n = 600 if quick else 3000

@@ -167,7 +167,9 @@ async def test_r5_failing_endpoint_is_failed_over_ejected_and_readmitted(fakes, 
             assert text_of(await run(router, chat(stream=False))) == FULL  # the client never sees it
         ep = router.snapshot()[0]["endpoints"][0]
         assert ep["state"] == "ejected" and ep["ejected_until"] is not None
-        assert st(fakes[0]).stats.requests == 3
+        assert st(fakes[0]).stats.requests == (
+            6 if status == 503 else 3
+        )  # an overloaded 503 needs twice the run
         st(fakes[0]).faults.update({"mode": "ok"})
         await asyncio.sleep(0.8)
         assert router.snapshot()[0]["endpoints"][0]["state"] == "healthy"

@@ -83,6 +83,7 @@ class Endpoint:
         self.cooled_until = 0.0
         self.ejections = 0
         self.consecutive_failures = 0
+        self.consecutive_overloaded = 0
         self.probe_ok_streak = 0
         self.probe_fail_streak = 0
         self.healthy_since = 0.0
@@ -148,7 +149,7 @@ class Endpoint:
         self.ejections += 1
         self.ejected_until = self._clock() + seconds
         self.half_open = False
-        self.consecutive_failures = 0
+        self.consecutive_failures = self.consecutive_overloaded = 0
         self._events.ejection(self.model_id, self.url, seconds)
         self.note_state()
         self.wakeup.set()

@@ -4,8 +4,10 @@
   resets, timeouts, garbage) eject the endpoint for ``base_ejection_s`` times the
   number of times it has been ejected, up to ``max_ejection_s`` (Envoy's rule).
   The count decays: after ``max_ejection_s`` of health it starts again from one.
-- an upstream 502/503/504 counts too, even when it is not penalized (Envoy's
-  ``consecutive_gateway_failure``);
+- an upstream 502/503/504 that is not penalized (an overloaded upstream's 503)
+  counts in its own run, which must be twice as long: an endpoint answering only
+  503 is ejected, one whose answers are 30 % random 503s is not, so retries keep
+  somewhere to go;
 - an error carrying ``cooldown_s`` (429 ``Retry-After``, ``insufficient_quota``,
   401/403/404) cools the endpoint for that long: no traffic, no state change;
   a 429 without ``Retry-After`` cools it for one second;
@@ -30,7 +32,9 @@ MAX_EJECTED_SHARE = 0.5
 
 
 class OutlierDetector:
-    def __init__(self, health: HealthConfig, peers: Sequence[Endpoint] = (), clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, health: HealthConfig, peers: Sequence[Endpoint] = (), clock: Clock = time.monotonic
+    ) -> None:
         self._cfg = health
         self._peers = peers
         self._clock = clock
@@ -41,7 +45,7 @@ class OutlierDetector:
 
     def success(self, ep: Endpoint, latency_s: float | None) -> None:
         ep.requests += 1
-        ep.consecutive_failures = 0
+        ep.consecutive_failures = ep.consecutive_overloaded = 0
         ep.window.record(True, latency_s)
         if ep.ejections and self._clock() - ep.healthy_since > self._cfg.max_ejection_s:
             ep.ejections = 0
@@ -55,10 +59,15 @@ class OutlierDetector:
             cooldown = _DEFAULT_429_COOLDOWN_S
         if cooldown:
             ep.cool(cooldown)
-        if not (exc.penalize or exc.upstream_status in _GATEWAY_FAILURES):
+        if exc.penalize:
+            ep.consecutive_failures += 1
+            run, limit = ep.consecutive_failures, self._cfg.consecutive_failures
+        elif exc.upstream_status in _GATEWAY_FAILURES:
+            ep.consecutive_overloaded += 1
+            run, limit = ep.consecutive_overloaded, 2 * self._cfg.consecutive_failures
+        else:
             return
-        ep.consecutive_failures += 1
-        if ep.consecutive_failures >= self._cfg.consecutive_failures and ep.state != "ejected" and self._may_eject():
+        if run >= limit and ep.state != "ejected" and self._may_eject():
             ep.eject(self.ejection_time(ep.ejections + 1))
 
     def ejection_time(self, times: int) -> float:
