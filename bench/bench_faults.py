@@ -97,7 +97,7 @@ async def kill_one(tok: Path, quick: bool) -> dict[str, Any]:
             eject = await wait_state(router, 0, {"ejected", "unhealthy"}, 10)
             state_after_kill = router.snapshot()[0]["endpoints"][0]["state"]
             await asyncio.sleep(3.0)  # past the ejection; the half-open probe fails
-            servers[0].start()  # same port; returns once it listens
+            await asyncio.to_thread(servers[0].start)  # same port; returns once it listens; probes go on
             readmit = await wait_state(router, 0, {"healthy"}, 10)
             await asyncio.sleep(1.0)
             stop.set()
