@@ -1,0 +1,328 @@
+"""Gateway overhead: modelgate vs a direct call vs a minimal pass-through proxy, same run.
+
+Upstream: nginx answering from memory (never the bottleneck).  Each proxy is pinned to
+core 1, wrk and nginx to core 0.  modelgate runs as users run it: auth on, metrics on,
+JSON access log on (to a file).  Reports requests/s, CPU per request of the proxy process
+(from /proc), added p50/p99 latency and time to first byte at 1 connection.
+
+    .venv/bin/python bench/bench_gateway.py [--seconds 5] [--out bench/results/gateway.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "mg_bench_0123456789abcdefghij"
+CHAT = {"model": "fast", "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers() -> tuple[str, str]:
+    msg = "Hello! " + "This is a benchmark answer of a realistic size. " * 9
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "fast",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": msg[:400]}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 80, "total_tokens": 92},
+    }
+    events = []
+    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "fast"}
+    events.append(
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    )
+    for i in range(20):
+        events.append(
+            {**head, "choices": [{"index": 0, "delta": {"content": f" word{i}"}, "finish_reason": None}]}
+        )
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append(
+        {**head, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 20, "total_tokens": 32}}
+    )
+    sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    return json.dumps(body), sse
+
+
+def nginx_conf(work: Path, port_json: int, port_sse: int) -> Path:
+    body, sse = answers()
+    models = json.dumps({"object": "list", "data": [{"id": "fast", "object": "model"}]})
+    for name, text in (("json", body), ("sse", sse)):
+        d = work / name / "v1" / "chat"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "completions").write_text(text)
+
+    def server(port: int, name: str, ctype: str) -> str:
+        # a POST to a static file is a 405 in nginx; error_page turns it into the file itself
+        return f"""
+    server {{
+      listen 127.0.0.1:{port};
+      location = /v1/models {{ default_type application/json; return 200 '{models}'; }}
+      location / {{ root {work}/{name}; default_type {ctype}; error_page 405 =200 $uri; }}
+    }}"""
+
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+worker_cpu_affinity 01;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {work}/tmp;
+    {server(port_json, "json", "application/json")}
+    {server(port_sse, "sse", "text/event-stream")}
+}}
+"""
+    )
+    (work / "tmp").mkdir(exist_ok=True)
+    return conf
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def wrk(url: str, conns: int, seconds: int, body: dict, auth: bool, work: Path) -> dict:
+    script = work / "post.lua"
+    headers = 'wrk.headers["Content-Type"] = "application/json"\n'
+    if auth:
+        headers += f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{json.dumps(body)}]]\n{headers}')
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "requests": total,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+async def latency(url: str, body: dict, n: int, auth: bool) -> dict:
+    headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
+    total, ttfb = [], []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            async with s.post(url, json=body, headers=headers) as r:
+                await r.content.readany()
+                t1 = time.perf_counter()
+                await r.read()
+                t2 = time.perf_counter()
+                assert r.status == 200, r.status
+            if i >= 20:  # warm-up
+                ttfb.append(t1 - t0)
+                total.append(t2 - t0)
+    q = statistics.quantiles
+    return {
+        "p50_ms": statistics.median(total) * 1000,
+        "p99_ms": q(total, n=100)[98] * 1000,
+        "ttfb_p50_ms": statistics.median(ttfb) * 1000,
+    }
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+async def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(port)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--latency-requests", type=int, default=300)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway.json"))
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench_gateway needs {tool} (apt-get install -y nginx-light wrk util-linux)")
+    work = Path(tempfile.mkdtemp(prefix="mg-bench-"))
+    work.chmod(0o755)  # nginx workers read the answers as an unprivileged user
+    pj, ps, p_proxy_j, p_proxy_s, p_mg = (free_port() for _ in range(5))
+    nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps))], stderr=subprocess.DEVNULL)
+    cfg = work / "modelgate.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "server": {"port": p_mg, "access_log": True},
+                "auth": {"api_keys": [KEY]},
+                "models": [
+                    {
+                        "id": "fast",
+                        "backend": "openai",
+                        "endpoints": [{"url": f"http://127.0.0.1:{pj}/v1", "max_in_flight": 4096}],
+                    },
+                    {
+                        "id": "fast-stream",
+                        "backend": "openai",
+                        "endpoints": [
+                            {
+                                "url": f"http://127.0.0.1:{ps}/v1",
+                                "upstream_model": "fast",
+                                "max_in_flight": 4096,
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    )
+    mg = start([str(ROOT / ".venv/bin/modelgate"), "serve", "--config", str(cfg)], work / "modelgate.log")
+    py = sys.executable
+    proxy_j = start(
+        [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{pj}", str(p_proxy_j)],
+        work / "pj.log",
+    )
+    proxy_s = start(
+        [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{ps}", str(p_proxy_s)],
+        work / "ps.log",
+    )
+    procs = [nginx, mg, proxy_j, proxy_s]
+    results: list[dict] = []
+    try:
+        for port in (pj, ps, p_proxy_j, p_proxy_s, p_mg):
+            await wait_port(port)
+        await asyncio.sleep(1.0)
+        for mode in ("json", "stream"):
+            stream = mode == "stream"
+            body = {**CHAT, "stream": True} if stream else CHAT
+            targets = {
+                "direct": (f"http://127.0.0.1:{ps if stream else pj}/v1/chat/completions", None, False, body),
+                "passthrough": (
+                    f"http://127.0.0.1:{p_proxy_s if stream else p_proxy_j}/v1/chat/completions",
+                    proxy_s if stream else proxy_j,
+                    False,
+                    body,
+                ),
+                "modelgate": (
+                    f"http://127.0.0.1:{p_mg}/v1/chat/completions",
+                    mg,
+                    True,
+                    {**body, "model": "fast-stream"} if stream else body,
+                ),
+            }
+            for name, (url, proc, auth, b) in targets.items():
+                lat = await latency(url, b, args.latency_requests, auth)
+                for conns in (1, 16, 64):
+                    before = cpu_seconds(proc.pid) if proc else 0.0
+                    r = wrk(url, conns, args.seconds, b, auth, work)
+                    cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
+                    row = {
+                        "mode": mode,
+                        "target": name,
+                        "conns": conns,
+                        **r,
+                        "cpu_ms_per_req": 1000 * cpu / max(1, r["requests"]) if proc else None,
+                    }
+                    if conns == 1:
+                        row.update(lat)
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    report(results, Path(args.out))
+
+
+def report(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    by = {(r["mode"], r["target"], r["conns"]): r for r in rows}
+    print(
+        "\n| mode | conns | direct rps | passthrough rps | modelgate rps | modelgate / passthrough | CPU ms/req passthrough | CPU ms/req modelgate |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode in ("json", "stream"):
+        for c in (1, 16, 64):
+            d, p, m = by[(mode, "direct", c)], by[(mode, "passthrough", c)], by[(mode, "modelgate", c)]
+            print(
+                f"| {mode} | {c} | {d['rps']:.0f} | {p['rps']:.0f} | {m['rps']:.0f} | {m['rps'] / p['rps']:.2f} | "
+                f"{p['cpu_ms_per_req']:.3f} | {m['cpu_ms_per_req']:.3f} |"
+            )
+    print(
+        "\n| mode | added p50 ms (modelgate) | added p99 ms | added TTFB p50 ms | added p50 ms (passthrough) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for mode in ("json", "stream"):
+        d, p, m = by[(mode, "direct", 1)], by[(mode, "passthrough", 1)], by[(mode, "modelgate", 1)]
+        print(
+            f"| {mode} | {m['p50_ms'] - d['p50_ms']:.3f} | {m['p99_ms'] - d['p99_ms']:.3f} | "
+            f"{m['ttfb_p50_ms'] - d['ttfb_p50_ms']:.3f} | {p['p50_ms'] - d['p50_ms']:.3f} |"
+        )
+    bad = [r for r in rows if r["non2xx"] or r["socket_errors"]]
+    if bad:
+        print(
+            f"\nWARNING: errors in {len(bad)} runs: {[(r['mode'], r['target'], r['conns'], r['non2xx'], r['socket_errors']) for r in bad]}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
