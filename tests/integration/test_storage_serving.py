@@ -1,0 +1,127 @@
+"""A sealed demo model served for real: by `modelgate worker` (subprocess) and by the gateway
+(in-process app on 127.0.0.1:0), with its storage state on /ready and /admin/endpoints."""
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+demo = pytest.importorskip("modelgate.engine.demo_model", reason="demo-model is not there yet")
+pytest.importorskip("modelgate.worker.server", reason="the worker is not there yet")
+
+from modelgate.api.app import Services, build_app  # noqa: E402
+from modelgate.config import build_config  # noqa: E402
+from modelgate.storage import seal_ops  # noqa: E402
+from modelgate.storage.keys import write_key_file  # noqa: E402
+from modelgate.storage.manager import StorageManager  # noqa: E402
+
+ADMIN = "mg_admin_storage_0123456789abcdef"
+API = "mg_api_storage_0123456789abcdefgh"
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    plain = demo.write_demo_model(root / "plain")
+    key = write_key_file(root / "model.key")
+    seal_ops.seal(plain, root / "sealed", bytes.fromhex(key.read_text()), show=False)
+    wrong = write_key_file(root / "wrong.key")
+    return root / "sealed", key, wrong
+
+
+def _files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_worker_serves_a_sealed_model(sealed, tmp_path):
+    path, key, _ = sealed
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelgate", "worker", "--model", str(path), "--key-file", str(key),
+        "--port", str(port), "--device", "cpu", cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = b""
+        async with asyncio.timeout(90):
+            while b"serving" not in line:
+                line = await proc.stdout.readline()
+                assert line, "worker exited before serving"
+        async with aiohttp.ClientSession() as http:
+            body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "do_sample": False}}
+            async with http.post(f"http://127.0.0.1:{port}/generate", json=body) as r:
+                assert r.status == 200, await r.text()
+                assert "generated_text" in await r.json()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    assert await asyncio.to_thread(_files_under, tmp_path) == [], "the worker wrote files in its cwd"
+
+
+def test_worker_with_wrong_key_exits_and_says_why(sealed, tmp_path):
+    path, _, wrong = sealed
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelgate", "worker", "--model", str(path), "--key-file", str(wrong),
+         "--port", str(_free_port())],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "not this sealed model's key" in proc.stderr
+    assert wrong.read_text() not in proc.stderr + proc.stdout
+
+
+async def test_gateway_serves_sealed_model_and_reports_storage(sealed):
+    path, key, wrong = sealed
+    raw = {
+        "auth": {"admin_keys": [ADMIN], "api_keys": [API]},
+        "models": [
+            {"id": "sealed-ok", "backend": "local", "path": str(path), "key_file": str(key), "device": "cpu"},
+            {
+                "id": "sealed-bad",
+                "backend": "local",
+                "path": str(path),
+                "key_file": str(wrong),
+                "device": "cpu",
+            },
+        ],
+    }
+    config = build_config(raw, source="test", environ={})
+    storage = StorageManager(config)
+    await storage.open_all()
+    app = build_app(config, services=Services(storage=storage))
+    runner = aiohttp.web.AppRunner(app, shutdown_timeout=2)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
+            chat = {"model": "sealed-ok", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            async with http.post(f"{url}/v1/chat/completions", json=chat) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["choices"][0]["message"]["role"] == "assistant"
+            async with http.get(f"{url}/admin/endpoints", headers=admin) as r:
+                models = {m["id"]: m for m in (await r.json())["models"]}
+            assert models["sealed-ok"]["storage"]["state"] == "verified"
+            bad = models["sealed-bad"]
+            assert bad["storage"]["state"] == "failed" and "WrongKey" in bad["storage"]["detail"]
+            assert bad["ready"] is False
+            async with http.get(f"{url}/ready") as r:
+                text = await r.text()
+                ready = (await r.json())["models"]
+            assert r.status == 503, text
+            assert ready["sealed-ok"] == "ready" and ready["sealed-bad"] not in (None, "ready")
+    finally:
+        await runner.cleanup()
