@@ -104,6 +104,9 @@ class Chunk:
     usage: Usage | None = None
     # Token ids behind ``text`` (local engine / TGI), for TGI-shaped answers.
     token_ids: tuple[int, ...] = ()
+    # Another chunk is already buffered behind this one: a writer may coalesce
+    # instead of flushing now.  Only a hint; never a reason to wait.
+    buffered: bool = False
 
     @property
     def has_content(self) -> bool:

@@ -42,6 +42,7 @@ async def stream_sse(
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request[INFO].rid})
     await resp.prepare(request)
     usage = None
+    pending: list[bytes] = []  # events already rendered, written together (see Chunk.buffered)
     try:
         chunk = first
         while chunk is not None:
@@ -49,19 +50,25 @@ async def stream_sse(
                 usage = chunk.usage
             body = renderer.render(chunk)
             if body is not None:
-                await resp.write(_event(body))
+                pending.append(_event(body))
+            if pending and not chunk.buffered:
+                await resp.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending.clear()
             chunk = await anext(gen, None)
     except ModelGateError as exc:
-        await resp.write(_event(exc.to_body()))
+        pending.append(_event(exc.to_body()))
+        await resp.write(b"".join(pending))
         log.warning("stream failed", extra={"request_id": request[INFO].rid, "code": exc.code})
         return resp
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception:
         log.exception("stream failed", extra={"request_id": request[INFO].rid})
-        await resp.write(_event(InternalError("The server had an error while streaming.").to_body()))
+        pending.append(_event(InternalError("The server had an error while streaming.").to_body()))
+        await resp.write(b"".join(pending))
         return resp
     request[INFO].usage = usage
-    await resp.write(b"data: [DONE]\n\n")
+    pending.append(b"data: [DONE]\n\n")
+    await resp.write(b"".join(pending))
     await resp.write_eof()
     return resp

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from modelgate.backends.base import BackendContext
-from modelgate.backends.sse import TruncatedEvent, iter_sse_data
+from modelgate.backends.sse import TruncatedEvent, iter_sse
 from modelgate.backends.upstream_errors import error_from_event, error_from_status
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import (
@@ -158,7 +158,7 @@ class OpenAIBackend:
     async def _stream(self, resp: aiohttp.ClientResponse, chat: bool, n: int) -> AsyncIterator[Chunk]:
         finished: set[int] = set()
         try:
-            async for data in iter_sse_data(resp.content):
+            async for data, more in iter_sse(resp.content):
                 if data == b"[DONE]":
                     break
                 try:
@@ -169,7 +169,7 @@ class OpenAIBackend:
                     raise UpstreamError(f"{self._where} sent a malformed stream event")
                 if "error" in event:
                     raise error_from_event(event, where=self._where)
-                for chunk in self._event_chunks(event, chat):
+                for chunk in self._event_chunks(event, chat, more):
                     if chunk.finish_reason:
                         finished.add(chunk.index)
                     yield chunk
@@ -180,11 +180,18 @@ class OpenAIBackend:
         if len(finished) < n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
-    def _event_chunks(self, event: Mapping[str, Any], chat: bool) -> list[Chunk]:
+    def _event_chunks(self, event: Mapping[str, Any], chat: bool, more: bool) -> list[Chunk]:
+        """The chunks of one event; all but the last are ``buffered`` (and the last
+        too when another event is already waiting)."""
+        choices = event.get("choices") or ()
+        usage = _usage(event.get("usage"))
+        last = len(choices) - (0 if usage is not None else 1)
         out = []
-        for c in event.get("choices") or ():
+        for pos, c in enumerate(choices):
+            buffered = more or pos < last
             if chat:
                 delta = c.get("delta") or {}
+                logprobs = c.get("logprobs")
                 out.append(
                     Chunk(
                         index=int(c.get("index", 0)),
@@ -192,7 +199,8 @@ class OpenAIBackend:
                         role=delta.get("role"),
                         finish_reason=_finish(c.get("finish_reason")),
                         tool_calls=tuple(delta.get("tool_calls") or ()),
-                        logprobs=c.get("logprobs") if isinstance(c.get("logprobs"), Mapping) else None,
+                        logprobs=logprobs if isinstance(logprobs, Mapping) else None,
+                        buffered=buffered,
                     )
                 )
             else:
@@ -201,11 +209,11 @@ class OpenAIBackend:
                         index=int(c.get("index", 0)),
                         text=c.get("text") or "",
                         finish_reason=_finish(c.get("finish_reason")),
+                        buffered=buffered,
                     )
                 )
-        usage = _usage(event.get("usage"))
         if usage is not None:
-            out.append(Chunk(usage=usage))
+            out.append(Chunk(usage=usage, buffered=more))
         return out
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

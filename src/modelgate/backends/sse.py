@@ -1,4 +1,10 @@
-"""Server-sent events from an upstream, read incrementally (never buffered whole)."""
+"""Server-sent events from an upstream, read as they arrive (never buffered whole).
+
+Reads whatever the socket has (``iter_any``), not line by line: one await per TCP
+read instead of one per line.  ``iter_sse`` also says whether another event is
+already buffered behind the one it yields, so a writer can coalesce what is
+already here into one write without ever waiting for what is not.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +12,51 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 
-class _LineSource(Protocol):
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+class _ByteSource(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
 class TruncatedEvent(Exception):
     """The stream ended in the middle of an event."""
 
 
-async def iter_sse_data(lines: _LineSource) -> AsyncIterator[bytes]:
-    """Yield the ``data`` payload of each event as it completes.
-
-    ``lines`` is an async iterator of raw lines (aiohttp's ``response.content``).
-    Comments (``: keep-alive``) and ``event:``/``id:`` fields are skipped.  A stream
-    that ends inside an event raises ``TruncatedEvent``.
-    """
-    data: list[bytes] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield data[0] if len(data) == 1 else b"\n".join(data)
-                data = []
-            continue
+def _data(event: bytes) -> bytes | None:
+    """The ``data`` field of one event (multi-line data joined by newlines)."""
+    if event.startswith(b"data:") and b"\n" not in event:  # the common case
+        value = event[5:]
+        return value[1:] if value[:1] == b" " else value
+    parts = []
+    for line in event.split(b"\n"):
         if line.startswith(b"data:"):
             value = line[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
-        # other fields and comments are ignored
-    if data:
-        raise TruncatedEvent(b"\n".join(data)[:200].decode("utf-8", "replace"))
+            parts.append(value[1:] if value[:1] == b" " else value)
+    return b"\n".join(parts) if parts else None  # comments / event: / id: only
+
+
+async def iter_sse(source: _ByteSource) -> AsyncIterator[tuple[bytes, bool]]:
+    """Yield ``(data, more)`` per event; ``more`` is true when another complete
+    event is already buffered.  A stream that ends inside an event raises
+    ``TruncatedEvent``."""
+    tail = b""
+    async for block in source.iter_any():
+        buf = tail + block
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = buf.split(b"\n\n")
+        tail = events.pop()
+        datas = [d for d in map(_data, events) if d is not None]
+        last = len(datas) - 1
+        for i, data in enumerate(datas):
+            yield data, i < last
+    if tail.strip(b"\n"):
+        data = _data(tail.strip(b"\n"))
+        if data == b"[DONE]":  # a final event missing only its blank line
+            yield data, False
+        elif data is not None:
+            raise TruncatedEvent(data[:200].decode("utf-8", "replace"))
+
+
+async def iter_sse_data(source: _ByteSource) -> AsyncIterator[bytes]:
+    """Just the ``data`` payloads of ``iter_sse``."""
+    async for data, _ in iter_sse(source):
+        yield data
