@@ -130,6 +130,12 @@ class OpenAIBackend:
         finally:
             resp.close()  # on cancellation (client gone) this aborts the upstream request
 
+    def _required_finish(self, value: Any) -> Any:
+        finish = _finish(value)
+        if finish is None:  # never invent "stop" for an answer that did not say it ended
+            raise UpstreamError(f"{self._where} answer has a choice without a finish_reason")
+        return finish
+
     def _whole(self, data: Mapping[str, Any], chat: bool) -> list[Chunk]:
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -145,7 +151,7 @@ class OpenAIBackend:
                     index=int(c.get("index", pos)),
                     text=text,
                     role="assistant" if chat else None,
-                    finish_reason=_finish(c.get("finish_reason")) or "stop",
+                    finish_reason=self._required_finish(c.get("finish_reason")),
                     tool_calls=tuple(msg.get("tool_calls") or ()) if chat else (),
                     logprobs=c.get("logprobs") if chat and isinstance(c.get("logprobs"), Mapping) else None,
                 )

@@ -109,7 +109,9 @@ def _stops(stop: str | list[str] | None, limits: LimitsConfig) -> tuple[str, ...
     return stops
 
 
-def _common(req: Any, limits: LimitsConfig, max_tokens: int | None) -> SamplingParams:
+def _sampling(
+    req: Any, limits: LimitsConfig, max_tokens: int | None, logprobs: bool, top_logprobs: int | None
+) -> SamplingParams:
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise InvalidRequest(
             f"max_tokens is too large: {max_tokens} (at most {limits.max_tokens}).", param="max_tokens"
@@ -128,6 +130,8 @@ def _common(req: Any, limits: LimitsConfig, max_tokens: int | None) -> SamplingP
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 
@@ -172,12 +176,7 @@ def chat_request(body: Any, model: ModelConfig, limits: LimitsConfig, request_id
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    base = _common(req, limits, max_tokens)
-    sampling = SamplingParams(
-        **{f: getattr(base, f) for f in base.__slots__ if f not in ("logprobs", "top_logprobs")},
-        logprobs=bool(req.logprobs),
-        top_logprobs=req.top_logprobs,
-    )
+    sampling = _sampling(req, limits, max_tokens, bool(req.logprobs), req.top_logprobs)
     if req.response_format is not None and req.response_format.get("type") not in (
         "text",
         "json_object",
@@ -221,12 +220,8 @@ def completion_request(
             raise InvalidRequest(f"Parameter '{name}' is not supported by this server.", param=name)
     if req.best_of not in (None, 1):
         raise InvalidRequest("Parameter 'best_of' is not supported by this server.", param="best_of")
-    base = _common(req, limits, req.max_tokens if req.max_tokens is not None else 16)
-    sampling = SamplingParams(
-        **{f: getattr(base, f) for f in base.__slots__ if f not in ("logprobs", "top_logprobs")},
-        logprobs=req.logprobs is not None,
-        top_logprobs=req.logprobs,
-    )
+    max_tokens = req.max_tokens if req.max_tokens is not None else 16
+    sampling = _sampling(req, limits, max_tokens, req.logprobs is not None, req.logprobs)
     return GenerationRequest(
         kind="completion",
         model=model.id,
