@@ -6,6 +6,8 @@ depth, per-endpoint attempts): the router calls these methods, never prometheus.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -67,9 +69,20 @@ class Metrics:
             "modelgate_engine", "Engine gauges (device memory, KV usage)", ["model", "name"], registry=r
         )
 
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: label lookup takes a lock and a dict walk
+        on every call, and the hot path needs several per request."""
+        key = (metric._name, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     # -- router events ---------------------------------------------------------------
     def attempt(self, model: str, endpoint: str, outcome: str) -> None:
-        self.attempts.labels(model, endpoint, outcome).inc()
+        self.child(self.attempts, model, endpoint, outcome).inc()
 
     def state_change(self, model: str, endpoint: str, old: str, new: str) -> None:
         self.state_changes.labels(model, endpoint, new).inc()

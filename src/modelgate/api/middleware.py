@@ -16,13 +16,14 @@ from aiohttp import web
 from modelgate.api.auth import KeyStore, Principal, Scope
 from modelgate.config import Config
 from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound, PayloadTooLarge
+from modelgate.logs import AccessLog
 from modelgate.metrics import Metrics
 from modelgate.types import Usage
 
 if TYPE_CHECKING:
     from modelgate.router.router import Router
 
-log = logging.getLogger("modelgate.access")
+log = logging.getLogger("modelgate.api")
 
 # The only routes reachable without a key.  Everything else, including unknown
 # paths, answers 401 first when auth is on.
@@ -52,6 +53,7 @@ class State:
     config: Config
     keys: KeyStore
     metrics: Metrics
+    access: AccessLog = field(default_factory=AccessLog)
     router: Router | None = None
     draining: bool = False
     started: float = field(default_factory=time.time)
@@ -122,12 +124,12 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
         elapsed = time.perf_counter() - start
         model, route, usage = info.model, info.route, info.usage
         if route != "other":
-            state.metrics.requests.labels(model, route, str(status)).inc()
-            state.metrics.latency.labels(model, route).observe(elapsed)
+            metrics = state.metrics
+            metrics.child(metrics.requests, model, route, str(status)).inc()
+            metrics.child(metrics.latency, model, route).observe(elapsed)
         if state.config.server.access_log:
-            log.info(
-                "request",
-                extra={
+            state.access.write(
+                {
                     "request_id": rid,
                     "method": request.method,
                     "path": path,
@@ -137,5 +139,5 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
                     "ttft_ms": info.ttft_ms,
                     "prompt_tokens": usage.prompt_tokens if usage else None,
                     "completion_tokens": usage.completion_tokens if usage else None,
-                },
+                }
             )

@@ -91,12 +91,13 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
     gen = router.generate(req)
     metrics = state.metrics
-    metrics.in_flight.labels(model.id).inc()
+    in_flight = metrics.child(metrics.in_flight, model.id)
+    in_flight.inc()
     started = time.perf_counter()
     try:
         first = await _first(gen)
         info.ttft_ms = round((time.perf_counter() - started) * 1000, 2)
-        metrics.ttft.labels(model.id).observe(time.perf_counter() - started)
+        metrics.child(metrics.ttft, model.id).observe(time.perf_counter() - started)
         if req.stream:
             resp = await stream_sse(
                 request, req, gen, first, render.ChunkRenderer(req, out_id, body["model"])
@@ -118,7 +119,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         )
         return web.Response(body=orjson.dumps(data), content_type="application/json")
     finally:
-        metrics.in_flight.labels(model.id).dec()
+        in_flight.dec()
         await gen.aclose()
 
 
@@ -132,8 +133,9 @@ async def _first(gen: AsyncIterator[Chunk]) -> Chunk | None:
 def _count_tokens(state: State, model: str, usage: Usage | None) -> None:
     if usage is None:
         return
-    state.metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-    state.metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+    m = state.metrics
+    m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
+    m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -158,7 +160,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         if any(len(v) < req.dimensions for v in result.vectors):
             raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
         result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
-    state.metrics.tokens.labels(model.id, "prompt").inc(result.prompt_tokens)
+    state.metrics.child(state.metrics.tokens, model.id, "prompt").inc(result.prompt_tokens)
     data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
