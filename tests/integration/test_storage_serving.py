@@ -118,9 +118,13 @@ async def test_gateway_serves_sealed_model_and_reports_storage(sealed):
             bad = models["sealed-bad"]
             assert bad["storage"]["state"] == "failed" and "WrongKey" in bad["storage"]["detail"]
             assert bad["ready"] is False
-            async with http.get(f"{url}/ready") as r:
-                text = await r.text()
-                ready = (await r.json())["models"]
+            for _ in range(100):  # the router marks the loaded model healthy on its next probe
+                async with http.get(f"{url}/ready") as r:
+                    text = await r.text()
+                    ready = (await r.json())["models"]
+                if ready["sealed-ok"] == "ready":
+                    break
+                await asyncio.sleep(0.1)
             assert r.status == 503, text
             assert ready["sealed-ok"] == "ready" and ready["sealed-bad"] not in (None, "ready")
     finally:
