@@ -48,9 +48,9 @@ async def stream_sse(
         while chunk is not None:
             if chunk.usage is not None:
                 usage = chunk.usage
-            body = renderer.render(chunk)
-            if body is not None:
-                pending.append(_event(body))
+            event = renderer.event(chunk)
+            if event is not None:
+                pending.append(event)
             if pending and not chunk.buffered:
                 await resp.write(pending[0] if len(pending) == 1 else b"".join(pending))
                 pending.clear()

@@ -125,7 +125,8 @@ class OpenAIBackend:
                 yield chunk
             return
         try:
-            async for chunk in self._stream(resp, request.kind == "chat", request.sampling.n):
+            rename = self._rename(str((request.body or {}).get("model") or self._model.id))
+            async for chunk in self._stream(resp, request.kind == "chat", request.sampling.n, rename):
                 yield chunk
         finally:
             resp.close()  # on cancellation (client gone) this aborts the upstream request
@@ -161,7 +162,23 @@ class OpenAIBackend:
             out.append(Chunk(usage=usage))
         return out
 
-    async def _stream(self, resp: aiohttp.ClientResponse, chat: bool, n: int) -> AsyncIterator[Chunk]:
+    def _rename(self, client_model: str) -> Any:
+        """bytes -> bytes putting the client's model name in upstream events."""
+        if client_model == self._upstream_model:
+            return None
+        old, new = orjson.dumps(self._upstream_model), orjson.dumps(client_model)
+        pairs = [(b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new)]
+
+        def rename(raw: bytes) -> bytes:
+            for a, b in pairs:
+                raw = raw.replace(a, b)
+            return raw
+
+        return rename
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, chat: bool, n: int, rename: Any
+    ) -> AsyncIterator[Chunk]:
         finished: set[int] = set()
         try:
             async for data, more in iter_sse(resp.content):
@@ -175,7 +192,8 @@ class OpenAIBackend:
                     raise UpstreamError(f"{self._where} sent a malformed stream event")
                 if "error" in event:
                     raise error_from_event(event, where=self._where)
-                for chunk in self._event_chunks(event, chat, more):
+                raw = rename(data) if rename is not None else data
+                for chunk in self._event_chunks(event, chat, more, raw):
                     if chunk.finish_reason:
                         finished.add(chunk.index)
                     yield chunk
@@ -186,7 +204,7 @@ class OpenAIBackend:
         if len(finished) < n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
-    def _event_chunks(self, event: Mapping[str, Any], chat: bool, more: bool) -> list[Chunk]:
+    def _event_chunks(self, event: Mapping[str, Any], chat: bool, more: bool, raw: bytes) -> list[Chunk]:
         """The chunks of one event; all but the last are ``buffered`` (and the last
         too when another event is already waiting)."""
         choices = event.get("choices") or ()
@@ -195,6 +213,7 @@ class OpenAIBackend:
         out = []
         for pos, c in enumerate(choices):
             buffered = more or pos < last
+            this_raw = raw if pos == 0 else b""
             if chat:
                 delta = c.get("delta") or {}
                 logprobs = c.get("logprobs")
@@ -207,6 +226,7 @@ class OpenAIBackend:
                         tool_calls=tuple(delta.get("tool_calls") or ()),
                         logprobs=logprobs if isinstance(logprobs, Mapping) else None,
                         buffered=buffered,
+                        raw=this_raw,
                     )
                 )
             else:
@@ -216,10 +236,11 @@ class OpenAIBackend:
                         text=c.get("text") or "",
                         finish_reason=_finish(c.get("finish_reason")),
                         buffered=buffered,
+                        raw=this_raw,
                     )
                 )
         if usage is not None:
-            out.append(Chunk(usage=usage, buffered=more))
+            out.append(Chunk(usage=usage, buffered=more, raw=b"" if choices else raw))
         return out
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

@@ -1,8 +1,9 @@
 """Honest streams: what the router guarantees about any backend's chunks.
 
-- the first chunk yielded carries content: role-only and other empty opening
-  chunks are held back and their role is merged into the first real chunk, so an
-  upstream that dies before its first token can still be failed over cleanly;
+- nothing is yielded before content has arrived: role-only and other empty opening
+  chunks are held back (their role merged into the first real chunk, or, for raw
+  upstream events, released just before it), so an upstream that dies before its
+  first token can still be failed over cleanly;
 - a stream that ends before every choice it opened has a ``finish_reason`` (or
   that yields nothing at all) is an ``UpstreamDisconnected``: a finish reason is
   never invented.
@@ -30,7 +31,10 @@ async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[C
                 open_choices.add(chunk.index)
                 continue
             if held is not None:
-                if held.role and not chunk.role and held.index == chunk.index:
+                if held.raw is not None:
+                    # an upstream event forwarded as is: release it, now that content came
+                    yield dataclasses.replace(held, buffered=True)
+                elif held.role and not chunk.role and held.index == chunk.index:
                     chunk = dataclasses.replace(chunk, role=held.role)
                 held = None
             sent = True

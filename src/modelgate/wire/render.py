@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from modelgate.types import Chunk, EmbeddingResult, GenerationRequest, Usage
 
 
@@ -131,10 +133,17 @@ class ChunkRenderer:
         }
         self._role_sent: set[int] = set()
 
-    def render(self, chunk: Chunk) -> dict[str, Any] | None:
+    def event(self, chunk: Chunk) -> bytes | None:
+        """The SSE event for one chunk, or None when nothing is to be sent."""
+        if chunk.usage is not None and not chunk.has_content and not self.include_usage:
+            return None
+        if chunk.raw is not None:
+            return b"data: " + chunk.raw + b"\n\n" if chunk.raw else None
+        body = self.render(chunk)
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def render(self, chunk: Chunk) -> dict[str, Any]:
         if chunk.usage is not None and not chunk.has_content:
-            if not self.include_usage:
-                return None
             return {**self.head, "choices": [], "usage": usage_body(chunk.usage)}
         if self.chat:
             delta: dict[str, Any] = {}
