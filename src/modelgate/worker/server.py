@@ -32,6 +32,9 @@ def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
         "task": getattr(args, "task", "chat"),
         "max_batch_size": getattr(args, "max_batch_size", 32),
     }
+    # TGI's Messages API answers whatever "model" says; clients (and our tgi backend) send "tgi".
+    if model["id"] != "tgi":
+        model["aliases"] = ["tgi"]
     if args.key_file:
         model["key_file"] = args.key_file
     raw = {"server": {"host": args.host, "port": args.port}, "models": [model]}
@@ -63,11 +66,9 @@ async def _serve(config: Config, local: LocalModel) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
-    log.info("worker for %s on http://%s:%s", local.config.id, config.server.host, config.server.port)
-    print(
-        f"modelgate worker: serving {local.config.id} on http://{config.server.host}:{config.server.port}",
-        flush=True,
-    )
+    host, port = runner.addresses[0][:2]  # the real port when --port 0
+    log.info("worker for %s on http://%s:%s", local.config.id, host, port)
+    print(f"modelgate worker: serving {local.config.id} on http://{host}:{port}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

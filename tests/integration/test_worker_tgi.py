@@ -1,0 +1,221 @@
+"""``modelgate worker`` as a real subprocess on a tiny demo model: TGI routes that
+conform to TGI's OpenAPI spec, ``huggingface_hub.InferenceClient`` unchanged, the
+OpenAI routes, and the gateway talking to the worker over HTTP like to TGI."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import jsonschema
+import pytest
+
+from modelgate.engine.demo_model import write_demo_model
+
+SPEC = Path("/work/shared/specs/tgi-openapi.json")
+if not SPEC.exists():  # CI checkouts keep the spec next to the repository
+    SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "tgi-openapi.json"
+
+
+def _nullable(node):
+    """OpenAPI 3.0 ``nullable`` -> JSON Schema ``null`` alternatives."""
+    if isinstance(node, list):
+        return [_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _nullable(v) for k, v in node.items() if k not in ("example", "default")}
+    if node.pop("nullable", False):
+        return {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
+@pytest.fixture(scope="module")
+def spec():
+    if not SPEC.exists():
+        pytest.skip("TGI OpenAPI spec not found")
+    return _nullable(json.loads(SPEC.read_text()))
+
+
+def validate(spec, name, body):
+    jsonschema.validate(body, {"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
+
+
+def start_worker(model, *extra):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelgate",
+            "worker",
+            "--model",
+            str(model),
+            "--port",
+            "0",
+            "--model-id",
+            "tiny",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 90
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving \S+ on (http://\S+)", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise AssertionError("worker did not start:\n" + "".join(lines[-30:]))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_demo_model(tmp_path_factory.mktemp("worker") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def worker(model_dir):
+    proc, url = start_worker(model_dir)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_inference_client_text_generation(worker):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=worker)
+    out = client.text_generation("Hello there", max_new_tokens=12, details=True, stop=[])
+    assert out.details.generated_tokens == 12 and out.details.finish_reason == "length"
+    assert "".join(t.text for t in out.details.tokens) == out.generated_text
+    events = list(client.text_generation("Hello there", max_new_tokens=12, details=True, stream=True))
+    assert len(events) == 12
+    assert "".join(e.token.text for e in events) == events[-1].generated_text == out.generated_text
+    assert events[-1].details.finish_reason == "length" and events[-1].details.generated_tokens == 12
+    plain = client.text_generation("Hello there", max_new_tokens=12)
+    assert plain == out.generated_text
+
+
+def test_inference_client_sampling_seed_and_stop(worker):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=worker)
+    a = client.text_generation("Once", max_new_tokens=16, do_sample=True, seed=5, temperature=0.9)
+    b = client.text_generation("Once", max_new_tokens=16, do_sample=True, seed=5, temperature=0.9)
+    assert a == b
+    full = client.text_generation("Hello there", max_new_tokens=30)
+    stop = full[8:11]
+    cut = client.text_generation("Hello there", max_new_tokens=30, stop=[stop], details=True)
+    assert cut.generated_text == full[: full.index(stop)]
+    assert cut.details.finish_reason == "stop_sequence"
+
+
+async def test_bodies_conform_to_the_tgi_spec(worker, spec):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{worker}/info") as r:
+            assert r.status == 200
+            validate(spec, "Info", await r.json())
+        body = {
+            "inputs": "Привет 🙂",
+            "parameters": {"max_new_tokens": 6, "details": True, "decoder_input_details": True},
+        }
+        async with s.post(f"{worker}/generate", json=body) as r:
+            assert r.status == 200
+            out = await r.json()
+            validate(spec, "GenerateResponse", out)
+            assert out["details"]["prefill"]
+        async with s.post(f"{worker}/generate_stream", json=body) as r:
+            assert r.status == 200 and r.content_type == "text/event-stream"
+            raw = (await r.read()).decode()
+        events = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:")]
+        for e in events:
+            validate(spec, "StreamResponse", e)
+        assert events[-1]["details"]["input_length"] > 0
+        async with s.post(f"{worker}/", json={**body, "stream": False}) as r:
+            compat = await r.json()
+            assert isinstance(compat, list)
+            validate(spec, "GenerateResponse", compat[0])
+        async with s.post(f"{worker}/tokenize", json={"inputs": "Hello world"}) as r:
+            tokens = await r.json()
+            validate(spec, "TokenizeResponse", tokens)
+            assert "".join(t["text"] for t in tokens) == "Hello world"
+        async with s.get(f"{worker}/health") as r:
+            assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": "x", "parameters": {"temperature": 0}},
+        {"inputs": "x", "parameters": {"stop": ["a", "b", "c", "d", "e"]}},
+        {"inputs": "", "parameters": {}},
+        {"inputs": "x", "parameters": {"max_new_tokens": 100000}},
+        {"parameters": {}},
+    ],
+)
+async def test_invalid_requests_get_tgi_422(worker, spec, body):
+    async with aiohttp.ClientSession() as s, s.post(f"{worker}/generate", json=body) as r:
+        assert r.status == 422
+        err = await r.json()
+        validate(spec, "ErrorResponse", err)
+        assert err["error_type"] == "validation"
+
+
+async def test_openai_routes_on_the_worker(worker):
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{worker}/v1", api_key="unused")
+    models = await client.models.list()
+    assert "tiny" in [m.id for m in models.data]
+    r = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=7, temperature=0
+    )
+    assert r.usage.completion_tokens == 7 and r.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("protocol", ["generate", "messages"])
+async def test_gateway_talks_to_the_worker_like_to_tgi(worker, model_dir, protocol):
+    import openai
+    from aiohttp import web
+
+    from modelgate.api.app import build_app
+    from modelgate.config import build_config
+
+    direct = openai.AsyncOpenAI(base_url=f"{worker}/v1", api_key="unused")
+    msgs = [{"role": "user", "content": "Bonjour, ça va?"}]
+    want = await direct.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0)
+    model = {"id": "via-tgi", "backend": "tgi", "endpoints": [{"url": worker}], "protocol": protocol}
+    if protocol == "generate":
+        model["tokenizer"] = str(model_dir)  # chat template applied on the gateway's side
+    raw = {"models": [model]}
+    app = build_app(build_config(raw, source="test", environ={}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        gw = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="unused")
+        got = await gw.chat.completions.create(model="via-tgi", messages=msgs, max_tokens=10, temperature=0)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage.completion_tokens == 10
+        stream = await gw.chat.completions.create(
+            model="via-tgi", messages=msgs, max_tokens=10, temperature=0, stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == want.choices[0].message.content
+    finally:
+        await runner.cleanup()
