@@ -142,4 +142,6 @@ class ProbeResult:
     detail: str = ""
     auth_ok: bool | None = None
     model_listed: bool | None = None
+    # Still coming up (a local model loading): not a failure, not ready either.
+    pending: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -37,7 +37,11 @@ class Services:
 
 
 def _needs_storage(config: Config) -> bool:
-    return any(m.storage is not None for m in config.models)
+    """LUKS volumes, or sealed local models (a key is configured)."""
+    return any(
+        m.storage is not None or (m.backend == "local" and (m.key_file or m.key_env or m.key_command))
+        for m in config.models
+    )
 
 
 def _needs_supervisor(config: Config) -> bool:

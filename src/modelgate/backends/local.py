@@ -153,7 +153,9 @@ class LocalBackend:
                 async with asyncio.timeout(self._ctx.config.health.timeout_s * 0.8):
                     await asyncio.shield(self._task)
             except TimeoutError:
-                return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail="loading")
+                return ProbeResult(
+                    ok=False, latency_s=time.monotonic() - started, detail="loading", pending=True
+                )
         if self._local is None:
             detail = self._error.message if self._error else "not loaded"
             return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail)

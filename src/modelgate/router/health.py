@@ -23,6 +23,9 @@ from modelgate.router.endpoint import Endpoint, probe_view
 from modelgate.types import ProbeResult
 
 
+STARTING_PROBE_S = 0.5
+
+
 class HealthChecker:
     def __init__(
         self,
@@ -62,7 +65,10 @@ class HealthChecker:
             else:
                 ep.set_active("starting", readmit=True)  # after a restart it earns its way back
             self._on_change()
-            due = loop.time() + self._interval()
+            # while an endpoint is still starting, look again soon: it should take
+            # traffic as soon as it can, not one full interval later
+            interval = self._interval()
+            due = loop.time() + (min(interval, STARTING_PROBE_S) if ep.active == "starting" else interval)
             while loop.time() < due:
                 ep.wakeup.clear()
                 wait = due - loop.time()
@@ -87,6 +93,8 @@ class HealthChecker:
         except Exception as exc:  # a backend bug must not kill the probe loop
             result = ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=repr(exc)[:200])
         ep.last_probe = probe_view(result, time.time())
+        if result.pending and ep.active == "starting":
+            return result  # still coming up: neither a failure nor a pass
         self.apply(ep, result.ok)
         return result
 

@@ -47,6 +47,8 @@ class OutlierDetector:
         ep.requests += 1
         ep.consecutive_failures = ep.consecutive_overloaded = 0
         ep.window.record(True, latency_s)
+        if ep.active == "starting":
+            ep.set_active("healthy")  # a served request is proof enough
         if ep.ejections and self._clock() - ep.healthy_since > self._cfg.max_ejection_s:
             ep.ejections = 0
 

@@ -206,7 +206,9 @@ class EndpointPool:
     # --- visibility -----------------------------------------------------------------
 
     def unready_reason(self) -> str | None:
-        if any(e.usable for e in self.endpoints):
+        # ready means proven: an endpoint that passed a probe (or served a request),
+        # not one still starting
+        if any(e.usable and e.state == "healthy" for e in self.endpoints):
             return None
         return "no healthy endpoint: " + ", ".join(f"{e.url} {e.note_state()}" for e in self.endpoints)
 
