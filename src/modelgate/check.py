@@ -65,7 +65,15 @@ async def _probe_all(config: Config) -> list[Row]:
                 continue
             reachable = res.ok or res.auth_ok is not None or res.detail.startswith("HTTP")
             rows.append(
-                Row(model.id, url, reachable, res.auth_ok, res.model_listed, round(res.latency_s * 1000, 1), res.detail)
+                Row(
+                    model.id,
+                    url,
+                    reachable,
+                    res.auth_ok,
+                    res.model_listed,
+                    round(res.latency_s * 1000, 1),
+                    res.detail,
+                )
             )
     return rows
 
@@ -77,7 +85,15 @@ def _fmt(v: object) -> str:
 def print_table(rows: list[Row], out: TextIO) -> None:
     head = ("model", "endpoint", "reachable", "auth ok", "model listed", "latency ms", "detail")
     data = [
-        (r.model, r.endpoint, _fmt(r.reachable), _fmt(r.auth_ok), _fmt(r.model_listed), _fmt(r.latency_ms), r.detail)
+        (
+            r.model,
+            r.endpoint,
+            _fmt(r.reachable),
+            _fmt(r.auth_ok),
+            _fmt(r.model_listed),
+            _fmt(r.latency_ms),
+            r.detail,
+        )
         for r in rows
     ]
     widths = [max(len(h), *(len(d[i]) for d in data)) if data else len(h) for i, h in enumerate(head)]
@@ -89,7 +105,9 @@ def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout
     rows = asyncio.run(_probe_all(config))
     unhealthy = [m.id for m in config.models if not any(r.healthy for r in rows if r.model == m.id)]
     if as_json:
-        out.write(orjson.dumps({"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}).decode() + "\n")
+        out.write(
+            orjson.dumps({"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}).decode() + "\n"
+        )
     else:
         print_table(rows, out)
         if unhealthy:

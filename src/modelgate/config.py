@@ -229,7 +229,9 @@ class ModelConfig(_Frozen):
             if not self.path:
                 raise ValueError("a local model needs 'path'")
             if self.endpoints:
-                raise ValueError("a local model has no 'endpoints' (run `modelgate worker` and use backend tgi)")
+                raise ValueError(
+                    "a local model has no 'endpoints' (run `modelgate worker` and use backend tgi)"
+                )
         elif not self.endpoints:
             raise ValueError(f"a {self.backend} model needs at least one entry in 'endpoints'")
         return self
@@ -270,8 +272,6 @@ class Config(_Frozen):
             raise ConfigError(f"{self.source}: environment variable {env_name} is not set") from None
 
 
-
-
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
     sections = set(Config.model_fields) - {"models", "source", "secrets"}
     for name, value in sorted(environ.items()):
@@ -279,7 +279,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> 
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if path[0] not in sections:
-            raise ConfigError(f"{name}: unknown config section {path[0]!r} (known: {', '.join(sorted(sections))})")
+            raise ConfigError(
+                f"{name}: unknown config section {path[0]!r} (known: {', '.join(sorted(sections))})"
+            )
         node = raw.setdefault(path[0], {})
         for key in path[1:-1]:
             node = node.setdefault(key, {})

@@ -22,7 +22,6 @@ from modelgate.errors import ModelGateError
 from modelgate.router.endpoint import Endpoint, probe_view
 from modelgate.types import ProbeResult
 
-
 STARTING_PROBE_S = 0.5
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,17 +131,17 @@ class SealedModel:
         return self._read_into_buffer(name, progress)
 
     def open_memfd(self, name: str, progress: Progress = _no_progress) -> int:
-        """A new sealed, read-only-content memfd holding the file; the caller owns (and closes) the fd."""
+        """A new sealed memfd (no write, grow or shrink) holding the file; the caller closes the fd."""
         f = self._file(name)
         fd = os.memfd_create(
             f"modelgate-sealed-{f.object_id.hex()[:8]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         )
         try:
-            self._decrypt(
-                self._object_path(f), f.object_id, f.size, name, lambda b: _write_all(fd, b), progress
-            )
+            if f.size:
+                os.ftruncate(fd, f.size)
+                with mmap.mmap(fd, f.size) as mm, memoryview(mm) as view:
+                    self._decrypt(self._object_path(f), f.object_id, f.size, name, view, progress)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _MEMFD_SEALS)
-            os.lseek(fd, 0, os.SEEK_SET)
         except BaseException:
             os.close(fd)
             raise
@@ -192,14 +193,9 @@ class SealedModel:
 
     def _read_into_buffer(self, name: str, progress: Progress) -> bytearray:
         f = self._file(name)
-        buf, pos = bytearray(f.size), 0
-
-        def sink(b: memoryview) -> None:
-            nonlocal pos
-            buf[pos : pos + len(b)] = b
-            pos += len(b)
-
-        self._decrypt(self._object_path(f), f.object_id, f.size, name, sink, progress)
+        buf = bytearray(f.size)
+        with memoryview(buf) as view:
+            self._decrypt(self._object_path(f), f.object_id, f.size, name, view, progress)
         return buf
 
     def _open_object(self, path: Path, object_id: bytes, size: int | None, name: str) -> ObjectHeader:
@@ -227,7 +223,7 @@ class SealedModel:
         object_id: bytes,
         size: int | None,
         name: str,
-        sink: Callable[[memoryview], object] | None = None,
+        sink: Callable[[memoryview], object] | memoryview | None = None,
         progress: Progress = _no_progress,
     ) -> bytes:
         """Decrypt one object to ``sink``; with no sink (the manifest), return its bytes."""
@@ -253,11 +249,6 @@ def _manifest_size(file_len: int, segment_size: int, where: str) -> int:
     if size < 0 or object_file_len(size, segment_size) != file_len:
         raise SealedIntegrityError(f"{where}: object is truncated or extended")
     return size
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 def open_sealed(path: str | os.PathLike[str], key: bytes) -> SealedModel:

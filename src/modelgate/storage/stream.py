@@ -140,32 +140,41 @@ def decrypt_object(
     header: ObjectHeader,
     data_key: bytes,
     size: int,
-    sink: Callable[[memoryview], object],
+    sink: Callable[[memoryview], object] | memoryview,
     where: str,
     progress: Progress,
 ) -> None:
-    """Authenticate and decrypt every segment, handing the first ``size`` plaintext bytes to ``sink``.
+    """Authenticate and decrypt every segment; the first ``size`` plaintext bytes go to ``sink``.
 
-    The caller has checked the file length.  ``sink`` receives a view that is
-    reused for the next segment: copy it, or write it out, before returning.
+    The caller has checked the file length.  ``sink`` is either a writable view
+    of ``size`` bytes (segments are decrypted straight into it; on failure the
+    caller must discard it) or a callable that receives each segment's view,
+    reused for the next one: copy it or write it out before returning.
     """
     aead, aad, seg = _segment_aead(data_key, header), header.pack(), header.segment_size
     plain = padded_len(size)
     n = segment_count(plain, seg)
     cbuf, pbuf = bytearray(seg + TAG), bytearray(seg)
+    out = sink if isinstance(sink, memoryview) else None
     f.seek(HEADER_LEN)
     for i in range(n):
-        clen = min(seg, plain - i * seg) + TAG
-        cview, pview = memoryview(cbuf)[:clen], memoryview(pbuf)[: clen - TAG]
+        clen, start = min(seg, plain - i * seg) + TAG, i * seg
+        data = max(0, min(clen - TAG, size - start))
+        cview = memoryview(cbuf)[:clen]
+        direct = out is not None and data == clen - TAG
+        pview = out[start : start + data] if direct and out is not None else memoryview(pbuf)[: clen - TAG]
         if f.readinto(cview) != clen:
             raise SealedIntegrityError(f"{where}: truncated at segment {i}")
         try:
             aead.decrypt_into(_nonce(header.nonce_prefix, i, i == n - 1), cview, aad, pview)
         except InvalidTag:
+            pview[:] = bytes(len(pview))  # never leave unauthenticated plaintext behind
             raise SealedIntegrityError(
                 f"{where}: segment {i} of {n} failed authentication (modified, reordered or truncated)"
             ) from None
-        data = max(0, min(clen - TAG, size - i * seg))
-        if data:
-            sink(pview[:data])
+        if out is not None:
+            if not direct and data:
+                out[start : start + data] = pview[:data]
+        elif data:
+            sink(pview[:data])  # type: ignore[operator]
         progress(data)
