@@ -163,7 +163,10 @@ def _message(m: ChatMessageIn, i: int) -> ChatMessage:
 
 
 def _set_params(req: BaseModel) -> frozenset[str]:
-    return frozenset(k for k in req.model_fields_set if getattr(req, k, None) not in (None, False))
+    # "is", not "in": 0 and 0.0 are set values, only None and False are not
+    return frozenset(
+        k for k in req.model_fields_set if (v := getattr(req, k, None)) is not None and v is not False
+    )
 
 
 def chat_request(body: Any, model: ModelConfig, limits: LimitsConfig, request_id: str) -> GenerationRequest:
