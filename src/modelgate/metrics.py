@@ -59,7 +59,7 @@ class Metrics:
         self.ejections = Counter(
             "modelgate_ejections", "Outlier ejections", ["model", "endpoint"], registry=r
         )
-        self.queue_depth = Gauge(
+        self.queue_gauge = Gauge(
             "modelgate_queue_depth", "Requests waiting for an endpoint", ["model"], registry=r
         )
         self.restarts = Counter(
@@ -95,7 +95,7 @@ class Metrics:
         self.ejections.labels(model, endpoint).inc()
 
     def queue_depth(self, model: str, depth: int) -> None:
-        self.queue_depth.labels(model).set(depth)
+        self.child(self.queue_gauge, model).set(depth)
 
     def restart(self, model: str, endpoint: str) -> None:
         self.restarts.labels(model, endpoint).inc()

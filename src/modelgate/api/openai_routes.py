@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -89,7 +89,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         req = convert.completion_request(body, model, limits, rid)
     router.check(req)
     out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
-    gen = router.generate(req)
+    gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
     metrics = state.metrics
     in_flight = metrics.child(metrics.in_flight, model.id)
     in_flight.inc()

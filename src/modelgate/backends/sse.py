@@ -44,16 +44,16 @@ async def iter_sse(source: _ByteSource) -> AsyncIterator[tuple[bytes, bool]]:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = buf.split(b"\n\n")
         tail = events.pop()
-        datas = [d for d in map(_data, events) if d is not None]
+        datas: list[bytes] = [d for d in map(_data, events) if d is not None]
         last = len(datas) - 1
         for i, data in enumerate(datas):
             yield data, i < last
     if tail.strip(b"\n"):
-        data = _data(tail.strip(b"\n"))
-        if data == b"[DONE]":  # a final event missing only its blank line
-            yield data, False
-        elif data is not None:
-            raise TruncatedEvent(data[:200].decode("utf-8", "replace"))
+        last_data = _data(tail.strip(b"\n"))
+        if last_data == b"[DONE]":  # a final event missing only its blank line
+            yield last_data, False
+        elif last_data is not None:
+            raise TruncatedEvent(last_data[:200].decode("utf-8", "replace"))
 
 
 async def iter_sse_data(source: _ByteSource) -> AsyncIterator[bytes]:
