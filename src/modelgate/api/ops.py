@@ -34,11 +34,11 @@ def _storage_status(request: web.Request) -> dict[str, Any]:
 def model_readiness(request: web.Request) -> dict[str, str | None]:
     """model id -> None when usable, else why not (router state and storage state)."""
     state = _state(request)
-    out = (
-        state.router.readiness()
-        if state.router is not None
-        else {m.id: "starting" for m in state.config.models}
-    )
+    out: dict[str, str | None]
+    if state.router is not None:
+        out = state.router.readiness()
+    else:
+        out = {m.id: "starting" for m in state.config.models}
     for model_id, st in _storage_status(request).items():
         if st.get("state") == "failed" and out.get(model_id) is None:
             out[model_id] = f"storage failed: {st.get('detail', '')}"
