@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,11 +136,11 @@ class SealedModel:
             f"modelgate-sealed-{f.object_id.hex()[:8]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         )
         try:
-            if f.size:
-                os.ftruncate(fd, f.size)
-                with mmap.mmap(fd, f.size) as mm, memoryview(mm) as view:
-                    self._decrypt(self._object_path(f), f.object_id, f.size, name, view, progress)
+            self._decrypt(
+                self._object_path(f), f.object_id, f.size, name, lambda b: _write_all(fd, b), progress
+            )
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _MEMFD_SEALS)
+            os.lseek(fd, 0, os.SEEK_SET)
         except BaseException:
             os.close(fd)
             raise
@@ -249,6 +248,11 @@ def _manifest_size(file_len: int, segment_size: int, where: str) -> int:
     if size < 0 or object_file_len(size, segment_size) != file_len:
         raise SealedIntegrityError(f"{where}: object is truncated or extended")
     return size
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def open_sealed(path: str | os.PathLike[str], key: bytes) -> SealedModel:

@@ -162,19 +162,21 @@ def decrypt_object(
         data = max(0, min(clen - TAG, size - start))
         cview = memoryview(cbuf)[:clen]
         direct = out is not None and data == clen - TAG
-        pview = out[start : start + data] if direct and out is not None else memoryview(pbuf)[: clen - TAG]
         if f.readinto(cview) != clen:
             raise SealedIntegrityError(f"{where}: truncated at segment {i}")
+        pview = out[start : start + data] if direct and out is not None else memoryview(pbuf)[: clen - TAG]
         try:
             aead.decrypt_into(_nonce(header.nonce_prefix, i, i == n - 1), cview, aad, pview)
         except InvalidTag:
             pview[:] = bytes(len(pview))  # never leave unauthenticated plaintext behind
+            pview.release()  # the caller's buffer can then be closed
             raise SealedIntegrityError(
                 f"{where}: segment {i} of {n} failed authentication (modified, reordered or truncated)"
             ) from None
         if out is not None:
             if not direct and data:
                 out[start : start + data] = pview[:data]
+            pview.release()
         elif data:
             sink(pview[:data])  # type: ignore[operator]
         progress(data)

@@ -234,3 +234,16 @@ def test_tampered_weights_unseal_leaves_no_partial_plaintext(sealed_dir, kek, tm
     with pytest.raises(SealedIntegrityError):
         seal_ops.unseal(sealed_dir, tmp_path / "out", kek, show=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_tampered_object_fails_every_read_path(sealed_dir, kek):
+    obj = _big(sealed_dir)
+    _flip(obj, HEADER_LEN + _SEG + 10)  # segment 1
+    with open_sealed(sealed_dir, kek) as m:
+        before = len(os.listdir("/proc/self/fd"))
+        for read in (m.read, m.read_buffer, m.open_memfd, m.memfd_path):
+            with pytest.raises(SealedIntegrityError, match="segment 1 of 4"):
+                read("model.safetensors")
+        assert len(os.listdir("/proc/self/fd")) == before  # no memfd left open
+        with pytest.raises(SealedIntegrityError):
+            m.verify()
