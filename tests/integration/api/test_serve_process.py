@@ -139,3 +139,60 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert f"{p}: server.colour: unknown key" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_workers_share_the_port_and_all_stop(tmp_path: Path) -> None:
+    upstream = await FakeOpenAI().start()
+    port = free_port()
+    cfg = write_config(tmp_path, upstream.url)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelgate",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        await asyncio.sleep(1.0)  # both children bound
+        pids = set()
+        async with aiohttp.ClientSession() as s:
+            for _ in range(40):  # new connections spread over the processes (SO_REUSEPORT)
+                async with s.get(f"http://127.0.0.1:{port}/health", headers={"Connection": "close"}) as r:
+                    assert r.status == 200
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        pids.update(children)
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        for pid in pids:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await upstream.stop()
+
+
+def test_workers_refuse_a_config_with_local_models(tmp_path: Path) -> None:
+    p = tmp_path / "local.yaml"
+    p.write_text("models: [{id: m, backend: local, path: /nonexistent}]\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "modelgate", "serve", "--config", str(p), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "--workers > 1 needs a gateway-only config" in r.stderr
