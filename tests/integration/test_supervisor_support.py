@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response(
-            {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "x"}]}
+            {"object": "list", "data": [{"id": args.model_id, "object": "model", "owned_by": "x"}]}
         )
 
     app = web.Application()
@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model-id", default="m")
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--exit-after", type=float)
     p.add_argument("--exit-code", type=int, default=1)
