@@ -232,3 +232,63 @@ async def test_stop_timeout_then_kill(docker: Any, docker_host: str, instance: s
     took = time.monotonic() - t0
     assert 0.9 < took < 15, took
     assert await ours(docker, instance) == []
+
+
+class FakeVolumes:
+    """The storage manager's acquire/release seam, over a plain directory (real LUKS: tests/integration/test_luks*)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.calls: list[str] = []
+
+    async def acquire(self, model_id: str) -> Path:
+        self.calls.append(f"acquire {model_id}")
+        return self.path
+
+    async def release(self, model_id: str) -> None:
+        self.calls.append(f"release {model_id}")
+
+
+async def test_model_volume_bound_read_only_and_released_after_stop(
+    docker: Any, docker_host: str, instance: str, tmp_path: Path
+) -> None:
+    weights = tmp_path / "mnt"
+    weights.mkdir()
+    (weights / "health").write_text("from the volume\n")
+    port = free_port()
+    launch = {"port": port, "command": [*httpd(port)[:-1], "/weights"], "luks_volume": "/weights"}
+    cfg = make_config(docker_host, instance, tmp_path, [launch])
+    raw = cfg.model_dump(exclude={"source", "secrets"})
+    raw["models"][0]["storage"] = {"kind": "luks", "device": str(tmp_path / "vol.img"), "mount": str(weights)}
+    storage = FakeVolumes(weights)
+    sup = Supervisor(build_config(raw, source="test", environ={}), storage=storage)
+    await sup.start()
+    try:
+        assert await sup.wait_ready(30)  # httpd serves /health from the bound volume
+        cid = sup.lifecycle[f"http://127.0.0.1:{port}"].info()["container_id"]
+        mounts = (await asyncio.to_thread(docker.containers.get, cid)).attrs["Mounts"]
+        (mount,) = [m for m in mounts if m["Destination"] == "/weights"]
+        assert mount["Source"] == str(weights) and mount["RW"] is False
+        assert storage.calls == ["acquire m"]
+    finally:
+        await sup.stop()
+    assert storage.calls == ["acquire m", "release m"]
+    assert await ours(docker, instance) == []
+
+
+async def test_model_volume_without_storage_manager_fails_clearly(
+    docker_host: str, instance: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    cfg = make_config(
+        docker_host, instance, tmp_path, [{"port": port, "command": httpd(port), "luks_volume": "/w"}]
+    )
+    raw = cfg.model_dump(exclude={"source", "secrets"})
+    raw["models"][0]["storage"] = {"kind": "luks", "device": "/dev/null", "mount": str(tmp_path)}
+    sup = Supervisor(build_config(raw, source="test", environ={}))
+    await sup.start()
+    try:
+        ep = sup.lifecycle[f"http://127.0.0.1:{port}"]
+        assert ep.state == "failed" and "no storage manager" in (ep.lc.last_reason or "")
+    finally:
+        await sup.stop()

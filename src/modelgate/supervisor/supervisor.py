@@ -37,7 +37,7 @@ from modelgate.supervisor.ownership import ProcessRecords, container_labels, rea
 from modelgate.supervisor.process import ProcessRunner
 from modelgate.supervisor.runner import Runner
 from modelgate.supervisor.state import Backoff, Lifecycle, Thresholds
-from modelgate.supervisor.volumes import close_volume, open_volume
+from modelgate.supervisor.volumes import ModelVolumes, close_volume, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Supervisor:
         self,
         config: Config,
         *,
-        storage: Any = None,
+        storage: ModelVolumes | None = None,
         probe: HealthProbe | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -255,7 +255,7 @@ class Supervisor:
         return True
 
     async def _close_volumes(self) -> None:
-        while self._opened_volumes:
+        while self._opened_volumes and self._storage is not None:
             model_id = self._opened_volumes.pop()
             try:
                 await close_volume(self._storage, model_id)
