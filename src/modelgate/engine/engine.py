@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -134,7 +135,7 @@ class Engine:
         """A sequence's events until it finishes; closing this iterator cancels it."""
         try:
             while True:
-                event = await seq.queue.get()
+                event = _coalesce(await seq.queue.get(), seq.queue)
                 if event.error is not None:
                     raise event.error
                 yield event
@@ -286,6 +287,16 @@ class Engine:
     def _fail_all(self, err: BaseException) -> None:
         pending = self._rows + list(self._sched.waiting) + self._inbox
         self._deliver([(s, s.fail(err)) for s in pending if not s.finished])
+
+
+def _coalesce(event: TokenEvent, queue: asyncio.Queue[TokenEvent]) -> TokenEvent:
+    """Merge events that piled up while the reader was busy: fewer, larger chunks under load."""
+    while event.error is None and event.finish_reason is None and not queue.empty():
+        nxt = queue.get_nowait()
+        if nxt.error is not None:
+            return nxt
+        event = replace(nxt, token_ids=event.token_ids + nxt.token_ids, text=event.text + nxt.text)
+    return event
 
 
 def _put_all(batch: list[tuple[Sequence, TokenEvent]]) -> None:

@@ -22,6 +22,7 @@ class KVBatch:
         self.device = device
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # [rows, cols], 1 = real token
+        self.padded = False  # whether any row has padding (then the model needs the mask)
         # transformers 5 calls the cache argument ``cache``; 4.x ``past_key_values``.
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -38,6 +39,7 @@ class KVBatch:
     def clear(self) -> None:
         self.cache = None
         self.mask = None
+        self.padded = False
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -53,16 +55,11 @@ class KVBatch:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self._new_cache()
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_arg: cache},
-            logits_to_keep=1,
-        )
+        kw: dict[str, Any] = {self._cache_arg: cache}
+        if not bool(mask.all()):  # padding: say where; without it the model takes the fast causal path
+            kw |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
         self._splice(cache, mask)
         return out.logits[:, -1, :]  # type: ignore[no-any-return]
 
@@ -71,19 +68,16 @@ class KVBatch:
         assert self.mask is not None
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=-1)
-        positions = self.mask.sum(-1, keepdim=True) - 1
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_arg: self.cache},
-        )
+        kw: dict[str, Any] = {self._cache_arg: self.cache}
+        if self.padded:
+            kw |= {"attention_mask": self.mask, "position_ids": self.mask.sum(-1, keepdim=True) - 1}
+        out = self.model(input_ids=ids, use_cache=True, **kw)
         return out.logits[:, -1, :]  # type: ignore[no-any-return]
 
     def _splice(self, cache: Any, mask: torch.Tensor) -> None:
         if self.mask is None:
             self.cache, self.mask = cache, mask
+            self.padded = not bool(mask.all())
             return
         width = max(self.cols, int(mask.shape[1]))
         mine, theirs = width - self.cols, width - int(mask.shape[1])
@@ -91,6 +85,7 @@ class KVBatch:
             a.keys = torch.cat([_lpad(a.keys, mine), _lpad(b.keys, theirs)], dim=0)
             a.values = torch.cat([_lpad(a.values, mine), _lpad(b.values, theirs)], dim=0)
         self.mask = torch.cat([F.pad(self.mask, (mine, 0)), F.pad(mask, (theirs, 0))], dim=0)
+        self.padded = not bool(self.mask.all())
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows (in this order); trim all-padding columns."""
@@ -103,6 +98,7 @@ class KVBatch:
         used = mask.sum(0).nonzero()
         start = int(used[0]) if used.numel() else 0
         self.mask = mask[:, start:]
+        self.padded = not bool(self.mask.all())
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]

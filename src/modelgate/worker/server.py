@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from typing import Any
 
 from aiohttp import web
@@ -69,8 +70,12 @@ async def _serve(config: Config, local: LocalModel) -> None:
     host, port = runner.addresses[0][:2]  # the real port when --port 0
     log.info("worker for %s on http://%s:%s", local.config.id, host, port)
     print(f"modelgate worker: serving {local.config.id} on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
 
