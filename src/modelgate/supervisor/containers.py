@@ -98,6 +98,7 @@ class ContainerRunner:
         if self._container is not None:  # the previous one: its logs were read, now it goes
             await self._remove()
         try:
+            await self._api.connect()  # idempotent; picks up a daemon that came up late
             self._container = await self._api.run(
                 self._image, **run_kwargs(self._spec, self._labels, self._extra_volumes)
             )

@@ -200,6 +200,12 @@ class Supervisor:
             self.reaped["processes"].extend(map(str, pids))
         if self._api is None:
             return ReapResult()
+        if initial:
+            try:
+                await self._api.connect()
+            except ModelGateError as exc:  # container endpoints will fail (and retry) on their own
+                log.error("supervisor: %s", exc.message)
+                return ReapResult()
         await self._api.connect()
         keep = {cid for ep in self._endpoints.values() if (cid := getattr(ep.runner, "container_id", None))}
         result = await reap_containers(self._api, instance=self.instance, run_id=self.run_id, keep=keep)

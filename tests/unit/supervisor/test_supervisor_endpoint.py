@@ -143,3 +143,28 @@ async def test_any_exit_code_is_recorded(code: int) -> None:
     await asyncio.wait_for(task, 3)
     assert ep.state == "failed" and ep.info()["last_exit_code"] == code
     assert ep.info()["last_logs"] == ["log of child 1"]
+
+
+async def test_unreachable_docker_fails_container_endpoints_not_the_gateway(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from modelgate.config import build_config
+    from modelgate.supervisor.supervisor import Supervisor
+
+    launch = {"kind": "container", "image": "busybox", "max_restarts": 1, "backoff_base_s": 0.01}
+    raw = {
+        "supervisor": {
+            "docker_host": f"unix://{tmp_path}/no.sock",
+            "state_dir": str(tmp_path),
+            "instance": "u",
+        },
+        "models": [
+            {"id": "m", "backend": "openai", "endpoints": [{"url": "http://127.0.0.1:9", "launch": launch}]}
+        ],
+    }
+    sup = Supervisor(build_config(raw, source="t", environ={}))
+    await sup.start()  # does not raise
+    try:
+        ep = sup.lifecycle["http://127.0.0.1:9"]
+        await until(lambda: ep.state == "failed", 10)
+        assert "unreachable" in ep.info()["last_logs"][0]
+    finally:
+        await sup.stop()
