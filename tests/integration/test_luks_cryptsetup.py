@@ -143,3 +143,31 @@ async def test_manager_on_a_host_without_device_mapper_fails_at_start(volume, tm
     assert not mgr.ready("m")
     await mgr.close_all()  # nothing was opened: nothing to close, no error
     assert mgr.status()["m"]["state"] == "failed"
+
+
+async def test_manager_probe_with_real_cryptsetup(volume, tmp_path):
+    from modelgate.config import build_config
+    from modelgate.storage.manager import StorageManager
+
+    dev, key = volume
+
+    def manager(secret: bytes) -> StorageManager:
+        kf = tmp_path / f"k-{secret[:4].hex()}"
+        kf.write_bytes(secret)
+        kf.chmod(0o400)
+        storage = {"kind": "luks", "device": dev, "key_file": str(kf), "mount": str(tmp_path / "mnt")}
+        model = {
+            "id": "m",
+            "backend": "tgi",
+            "endpoints": [{"url": "http://127.0.0.1:9"}],
+            "storage": storage,
+        }
+        return StorageManager(build_config({"models": [model]}, source="t", environ={}))
+
+    good = (await manager(key).probe_all())["m"]
+    if device_mapper_problem() is None:
+        assert good["state"] == "verified"
+    else:  # the key is right, and the probe says what will stop the open
+        assert good["state"] == "failed" and good["detail"].startswith("NoDeviceMapper: key opens")
+    bad = (await manager(os.urandom(64)).probe_all())["m"]
+    assert bad["state"] == "failed" and bad["detail"].startswith("LuksBadKey")

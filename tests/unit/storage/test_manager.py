@@ -190,3 +190,22 @@ def test_exit_codes_map_to_distinct_errors(rc, stderr, cls):
     err = classify(rc, stderr, "open /x")
     assert type(err) is cls
     assert err.status == 503
+
+
+async def test_probe_checks_without_opening(tmp_path, shims):
+    make, calls = shims
+    cs, control = make()
+    mgr = StorageManager(_config(tmp_path, b"k" * 64), cryptsetup=cs, dm_control=control)
+    assert (await mgr.probe_all())["llama"]["state"] == "verified"
+    assert [c["argv"][1:3] for c in calls()] == [
+        ["isLuks", str(tmp_path / "vol.img")],
+        ["open", "--test-passphrase"],
+    ]
+    assert calls()[1]["stdin"] == (b"k" * 64).hex()
+    assert mgr.status()["llama"]["state"] == "pending"  # nothing was opened
+    nodm = StorageManager(_config(tmp_path, b"k" * 64), cryptsetup=cs, dm_control=str(tmp_path / "none"))
+    probe = (await nodm.probe_all())["llama"]
+    assert probe["state"] == "failed" and "NoDeviceMapper" in probe["detail"]
+    bad, _ = make({"SHIM_RC_CRYPTSETUP_open": "2", "SHIM_ERR": "No key available with this passphrase."})
+    probe = await StorageManager(_config(tmp_path, b"k" * 64), cryptsetup=bad, dm_control=control).probe_all()
+    assert probe["llama"]["detail"].startswith("LuksBadKey")
