@@ -27,6 +27,7 @@ from typing import Any
 
 from modelgate.storage.errors import SealedFormatError, SealedIntegrityError
 from modelgate.storage.keyring import Keyring, key_id, unwrap, wrap
+from modelgate.storage.keys import disable_core_dumps
 from modelgate.storage.stream import (
     HEADER_LEN,
     ObjectHeader,
@@ -77,7 +78,9 @@ def check_name(name: Any) -> str:
 def _parse_manifest(raw: bytes, model_uid: bytes) -> dict[str, SealedFile]:
     try:
         doc = json.loads(raw.rstrip(b"\x00"))
-        if doc["format"] != 1 or bytes.fromhex(doc["model_uid"]) != model_uid:
+        if doc["format"] != 1:
+            raise SealedFormatError(f"manifest: unsupported format {doc['format']!r}")
+        if bytes.fromhex(doc["model_uid"]) != model_uid:
             raise SealedIntegrityError("manifest: belongs to another sealed model")
         files = [
             SealedFile(check_name(f["name"]), bytes.fromhex(f["object"]), int(f["size"]))
@@ -257,6 +260,7 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 def open_sealed(path: str | os.PathLike[str], key: bytes) -> SealedModel:
     """Open a sealed model with its 32-byte key; checks everything but the segment tags up front."""
+    disable_core_dumps()  # whoever loaded the key, this process now holds it
     root = Path(path)
     if not root.is_dir() or not (root / MARKER).is_file():
         raise SealedFormatError(f"{root}: not a sealed model (no {MARKER} marker)")
