@@ -179,3 +179,16 @@ async def test_embeddings_match_sentence_transformers(gateway):
     assert r.usage.prompt_tokens > 30
     with pytest.raises(openai.BadRequestError):
         await client(gateway).chat.completions.create(model="emb", messages=MSGS)
+
+
+async def test_engine_gauges_reach_metrics(gateway):
+    url, _ = gateway
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):
+            async with s.get(f"{url}/metrics") as r:
+                text = await r.text()
+            if 'modelgate_engine{model="demo",name="kv_cache_bytes"}' in text:
+                break
+            await asyncio.sleep(0.1)
+    assert 'modelgate_engine{model="demo",name="kv_cache_bytes"}' in text
+    assert 'modelgate_engine{model="demo",name="running"}' in text

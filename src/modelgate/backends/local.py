@@ -159,12 +159,17 @@ class LocalBackend:
         if self._local is None:
             detail = self._error.message if self._error else "not loaded"
             return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail)
+        stats = self._local.stats()
+        events = getattr(self._ctx.services, "events", None)
+        if events is not None and hasattr(events, "gauge"):  # device memory and KV usage in /metrics
+            for name, value in stats.items():
+                events.gauge(self.model.id, name, value)
         return ProbeResult(
             ok=True,
             latency_s=time.monotonic() - started,
             detail="loaded",
             model_listed=True,
-            extra=self._local.stats(),
+            extra=stats,
         )
 
     async def close(self) -> None:
