@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+LIFECYCLE_STATES = ("starting", "ready", "degraded", "restarting", "failed", "stopped")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -62,8 +63,23 @@ class Metrics:
         self.queue_gauge = Gauge(
             "modelgate_queue_depth", "Requests waiting for an endpoint", ["model"], registry=r
         )
-        self.restarts = Counter(
-            "modelgate_restarts", "Supervised restarts", ["model", "endpoint"], registry=r
+        self.restarts = Gauge(
+            "modelgate_supervised_restarts",
+            "Restarts of a supervised endpoint",
+            ["model", "endpoint"],
+            registry=r,
+        )
+        self.lifecycle = Gauge(
+            "modelgate_supervised_state",
+            "1 for the current lifecycle state of a supervised endpoint",
+            ["model", "endpoint", "state"],
+            registry=r,
+        )
+        self.exit_code = Gauge(
+            "modelgate_supervised_last_exit_code",
+            "Last exit code of a supervised endpoint",
+            ["model", "endpoint"],
+            registry=r,
         )
         self.engine = Gauge(
             "modelgate_engine", "Engine gauges (device memory, KV usage)", ["model", "name"], registry=r
@@ -97,8 +113,15 @@ class Metrics:
     def queue_depth(self, model: str, depth: int) -> None:
         self.child(self.queue_gauge, model).set(depth)
 
-    def restart(self, model: str, endpoint: str) -> None:
-        self.restarts.labels(model, endpoint).inc()
+    def supervised(self, snapshot: list[dict[str, Any]]) -> None:
+        """Mirror the supervisor's view (read at scrape time, never kept twice)."""
+        for ep in snapshot:
+            model, url = str(ep.get("model")), str(ep.get("url"))
+            self.child(self.restarts, model, url).set(ep.get("restarts") or 0)
+            for state in LIFECYCLE_STATES:
+                self.child(self.lifecycle, model, url, state).set(1 if ep.get("state") == state else 0)
+            if ep.get("last_exit_code") is not None:
+                self.child(self.exit_code, model, url).set(ep["last_exit_code"])
 
     def gauge(self, model: str, name: str, value: float) -> None:
         self.engine.labels(model, name).set(value)

@@ -61,6 +61,9 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = _state(request)
+    supervisor = getattr(_services(request), "supervisor", None)
+    if supervisor is not None:
+        state.metrics.supervised(supervisor.snapshot())
     resp = web.Response(body=state.metrics.render())
     resp.headers["Content-Type"] = state.metrics.content_type
     return resp
