@@ -10,7 +10,7 @@ import asyncio
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 import orjson
@@ -36,11 +36,29 @@ class Row:
         return self.reachable and self.auth_ok is not False and self.model_listed is not False
 
 
-def _local_row(model: ModelConfig) -> Row:
+def _local_row(model: ModelConfig, storage: dict[str, Any] | None) -> Row:
+    if storage is not None:  # sealed: key, manifest and headers verified without decrypting weights
+        ok = storage.get("state") not in ("failed", None)
+        return Row(
+            model.id,
+            f"local://{model.id}",
+            ok,
+            None,
+            ok,
+            None,
+            f"{storage.get('kind')}: {storage.get('detail')}",
+        )
     path = Path(model.path or "")
     ok = path.exists()
     detail = "present (weights load at serve time)" if ok else f"{path} not found"
     return Row(model.id, f"local://{model.id}", ok, None, ok, None, detail)
+
+
+async def _storage(config: Config) -> dict[str, dict[str, Any]]:
+    """Each model's storage, checked without opening or mounting anything."""
+    from modelgate.storage.manager import StorageManager
+
+    return await StorageManager(config).probe_all()
 
 
 async def _probe_all(config: Config) -> list[Row]:
@@ -48,10 +66,25 @@ async def _probe_all(config: Config) -> list[Row]:
     timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as http:
         ctx = BackendContext(config=config, http=http)
+        storage = await _storage(config)
         jobs = []
         for model in config.models:
             if model.backend == "local":
-                rows.append(_local_row(model))
+                rows.append(_local_row(model, storage.get(model.id)))
+                continue
+            st = storage.get(model.id)
+            if st is not None and st.get("state") == "failed":
+                rows.append(
+                    Row(
+                        model.id,
+                        f"storage://{model.id}",
+                        False,
+                        None,
+                        None,
+                        None,
+                        f"storage: {st.get('detail')}",
+                    )
+                )
                 continue
             factory = backend_factory(model.backend)
             for ep in model.endpoints:

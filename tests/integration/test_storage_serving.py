@@ -129,3 +129,23 @@ async def test_gateway_serves_sealed_model_and_reports_storage(sealed):
             assert ready["sealed-ok"] == "ready" and ready["sealed-bad"] not in (None, "ready")
     finally:
         await runner.cleanup()
+
+
+def test_check_reports_sealed_storage(sealed, tmp_path):
+    """``modelgate check`` verifies a sealed model's key and headers without decrypting weights."""
+    path, key, wrong = sealed
+    for key_file, code, needle in (
+        (key, 0, "sealed: key, manifest and object headers verified"),
+        (wrong, 1, "key"),
+    ):
+        cfg = tmp_path / "check.yaml"
+        cfg.write_text(f"models: [{{id: m, backend: local, path: '{path}', key_file: '{key_file}'}}]\n")
+        r = subprocess.run(
+            [sys.executable, "-m", "modelgate", "check", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == code, r.stdout + r.stderr
+        assert needle in r.stdout
+        assert key_file.read_text() not in r.stdout + r.stderr

@@ -37,9 +37,12 @@ class Services:
 
 
 def _needs_storage(config: Config) -> bool:
-    """LUKS volumes, or sealed local models (a key is configured)."""
+    """LUKS volumes, or sealed local models (a key is configured, or the path is sealed)."""
+    from modelgate.storage.sealed import is_sealed
+
     return any(
-        m.storage is not None or (m.backend == "local" and (m.key_file or m.key_env or m.key_command))
+        m.storage is not None
+        or (m.backend == "local" and (m.key_file or m.key_env or m.key_command or is_sealed(m.path or "")))
         for m in config.models
     )
 

@@ -40,7 +40,7 @@ def model_readiness(request: web.Request) -> dict[str, str | None]:
     else:
         out = {m.id: "starting" for m in state.config.models}
     for model_id, st in _storage_status(request).items():
-        if st.get("state") == "failed" and out.get(model_id) is None:
+        if st.get("state") == "failed":  # the root cause, whatever the router saw after it
             out[model_id] = f"storage failed: {st.get('detail', '')}"
     return out
 
