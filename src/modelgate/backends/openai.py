@@ -14,19 +14,17 @@ from typing import Any
 import aiohttp
 import orjson
 
+from modelgate.backends import http
 from modelgate.backends.base import BackendContext
 from modelgate.backends.sse import TruncatedEvent, iter_sse
-from modelgate.backends.upstream_errors import error_from_event, error_from_status
+from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import (
     InvalidRequest,
-    UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
 )
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult, Usage
-
-_MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -76,41 +74,17 @@ class OpenAIBackend:
         return orjson.dumps(data)
 
     async def _post(self, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        try:
-            resp = await self._http.post(
-                self._url + path,
-                data=payload,
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamConnectError(f"{self._where} unreachable: {type(exc).__name__}") from exc
-        if resp.status >= 300:
-            try:
-                body = await resp.content.read(65536)
-            except aiohttp.ClientError:
-                body = b""
-            finally:
-                resp.release()
-            raise error_from_status(
-                resp.status, body, retry_after=resp.headers.get("Retry-After"), where=self._where
-            )
-        return resp
+        return await http.post(
+            self._http,
+            self._url + path,
+            payload,
+            headers=self._headers,
+            timeout=self._timeout,
+            where=self._where,
+        )
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
-        try:
-            raw = await resp.content.read(_MAX_BODY + 1)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamDisconnected(f"{self._where} broke the connection mid-answer") from exc
-        finally:
-            resp.release()
-        if len(raw) > _MAX_BODY:
-            raise UpstreamError(f"{self._where} answer is too large")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{self._where} sent a body that is not JSON") from exc
+        data = await http.read_json(resp, where=self._where)
         if not isinstance(data, dict):
             raise UpstreamError(f"{self._where} sent an unexpected JSON body")
         if "error" in data:

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from modelgate.backends import http
 from modelgate.backends.base import BackendContext
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
 from modelgate.backends.sse import TruncatedEvent, iter_sse_data
@@ -30,12 +31,11 @@ from modelgate.backends.tgi_native import (
     parameters,
     strip_stop,
 )
-from modelgate.backends.upstream_errors import error_from_event, error_from_status
+from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import (
     ConfigError,
     InvalidRequest,
-    UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
 )
@@ -181,41 +181,15 @@ class TGIBackend:
         return self._template.render(request.messages, tools=request.tools)
 
     async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        try:
-            resp = await self._session().post(
-                self._url + path,
-                data=body,
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream, application/json"},
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
-            raise UpstreamConnectError(f"{self._where} unreachable: {type(exc).__name__}") from exc
-        if resp.status >= 300:
-            try:
-                raw = await resp.content.read(65536)
-            except (aiohttp.ClientError, OSError):
-                raw = b""
-            finally:
-                resp.release()
-            raise error_from_status(
-                resp.status, raw, retry_after=resp.headers.get("Retry-After"), where=self._where
-            )
-        return resp
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        return await http.post(
+            self._session(), self._url + path, body, headers=headers, timeout=self._timeout, where=self._where
+        )
 
     async def _whole(
         self, resp: aiohttp.ClientResponse, request: GenerationRequest, prompt_tokens: int | None
     ) -> list[Chunk]:
-        try:
-            raw = await resp.content.read(_MAX_BODY + 1)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamDisconnected(f"{self._where} broke the connection mid-answer") from exc
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{self._where} sent a body that is not JSON") from exc
+        data = await http.read_json(resp, where=self._where, limit=_MAX_BODY)
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
         if not isinstance(data, dict) or not isinstance(data.get("generated_text"), str):

@@ -1,0 +1,57 @@
+"""The upstream HTTP boundary shared by the HTTP backends: aiohttp exceptions and
+non-2xx answers become the error tree here, once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from modelgate.backends.upstream_errors import error_from_status
+from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError
+
+MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
+_ERROR_BODY = 65536  # how much of an error answer is read to explain it
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's own per-request timeouts
+    where: str,
+) -> aiohttp.ClientResponse:
+    """POST; a 2xx response is returned open (the caller reads or streams it)."""
+    try:
+        resp = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+    except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+        raise UpstreamConnectError(f"{where} unreachable: {type(exc).__name__}") from exc
+    if resp.status >= 300:
+        try:
+            raw = await resp.content.read(_ERROR_BODY)
+        except (aiohttp.ClientError, OSError):
+            raw = b""
+        finally:
+            resp.release()
+        raise error_from_status(resp.status, raw, retry_after=resp.headers.get("Retry-After"), where=where)
+    return resp
+
+
+async def read_json(resp: aiohttp.ClientResponse, *, where: str, limit: int = MAX_BODY) -> Any:
+    """The whole body as JSON, bounded; the response is released."""
+    try:
+        raw = await resp.content.read(limit + 1)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamDisconnected(f"{where} broke the connection mid-answer") from exc
+    finally:
+        resp.release()
+    if len(raw) > limit:
+        raise UpstreamError(f"{where} answer is larger than {limit} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"{where} sent a body that is not JSON") from exc
