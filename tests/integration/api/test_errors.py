@@ -196,3 +196,12 @@ async def test_metrics_count_requests(gateway: str) -> None:
     assert 'modelgate_requests_total{model="gpt-test",route="chat",status="200"} 1.0' in text
     assert "modelgate_time_to_first_token_seconds_bucket" in text
     assert 'modelgate_tokens_total{kind="completion",model="gpt-test"} 2.0' in text
+
+
+async def test_openapi_document_lists_the_errors_we_return(gateway: str) -> None:
+    status, doc, _ = await call(gateway, "GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert {"400", "401", "403", "404", "413", "415", "429", "502", "503", "504"} <= set(chat["responses"])
+    schema = doc["components"]["schemas"]["CreateChatCompletionRequest"]
+    assert {"model", "messages"} <= set(schema["required"])
