@@ -26,15 +26,22 @@ async def with_timeouts(
     end = loop.time() + limits.total_s
     started = False
     async with aclosing(stream) as it:  # type: ignore[type-var]
+        if not streaming:
+            # a whole answer: one deadline around all of it, then hand the chunks out
+            try:
+                async with asyncio.timeout_at(end):
+                    chunks = [chunk async for chunk in it]
+            except TimeoutError:
+                raise UpstreamTimeout(f"{where}: no answer within the total timeout") from None
+            for chunk in chunks:
+                yield chunk
+            return
         while True:
-            if not streaming:
-                phase, deadline = "total", end
-            else:
-                step = limits.idle_s if started else limits.first_token_s
-                phase = "idle" if started else "first token"
-                deadline = min(end, loop.time() + step)
-                if deadline == end:
-                    phase = "total"
+            step = limits.idle_s if started else limits.first_token_s
+            phase = "idle" if started else "first token"
+            deadline = min(end, loop.time() + step)
+            if deadline == end:
+                phase = "total"
             try:
                 async with asyncio.timeout_at(deadline):
                     chunk = await anext(it)
