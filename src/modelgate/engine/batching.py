@@ -34,6 +34,10 @@ class BatchLimits:
     max_batch_size: int = 32
     kv_cache_tokens: int | None = None  # None: no token budget
     max_prefill_tokens: int = 8192  # prompt tokens prefilled together in one step
+    # With at least this many running rows, output reaches the event loop every
+    # ``stream_interval`` steps (vLLM's stream interval): fewer, larger SSE chunks.
+    coalesce_from_rows: int = 8
+    stream_interval: int = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from modelgate.engine.batching import BatchLimits, BatchScheduler
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
 from modelgate.engine.sampling import make_generator, sample_batch
-from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent
+from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent, merge_events
 from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,7 @@ class Engine:
         self._batch = KVBatch(loaded.model, loaded.device)
         self._rows: list[Sequence] = []  # row order of the KV batch
         self._inbox: list[Sequence] = []
+        self._holding: list[Sequence] = []  # sequences with output not yet delivered
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -182,6 +182,7 @@ class Engine:
                     self._rows = []
                     self._batch.clear()
                 self.steps += 1
+                self._release_held(events)
                 self._deliver(events)
         self._fail_all(ShuttingDown("the engine shut down", retry_after=1))
 
@@ -253,7 +254,26 @@ class Engine:
                 continue
             event = seq.accept(token)
             if event is not None:
-                events.append((seq, event))
+                seq.hold(event)
+                self._holding.append(seq)
+
+    def _release_held(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
+        """Hand held output to the loop: every step while the batch is small; with many
+        rows every ``stream_interval`` steps (first token and the end at once), so the
+        event loop renders fewer, larger chunks when it is the bottleneck."""
+        big = len(self._rows) >= self.limits.coalesce_from_rows
+        interval = self.limits.stream_interval if big else 1
+        keep: list[Sequence] = []
+        for seq in self._holding:
+            ev = seq.pending
+            if ev is None or seq.cancelled:
+                continue
+            if ev.finish_reason is not None or seq.sent_step < 0 or self.steps - seq.sent_step >= interval:
+                events.append((seq, ev))
+                seq.pending, seq.sent_step = None, self.steps
+            else:
+                keep.append(seq)
+        self._holding = keep
 
     def _seen(self, seq: Sequence) -> torch.Tensor:
         if seq.params.sampling.repetition_penalty == 1.0:
@@ -295,7 +315,7 @@ def _coalesce(event: TokenEvent, queue: asyncio.Queue[TokenEvent]) -> TokenEvent
         nxt = queue.get_nowait()
         if nxt.error is not None:
             return nxt
-        event = replace(nxt, token_ids=event.token_ids + nxt.token_ids, text=event.text + nxt.text)
+        event = merge_events(event, nxt)
     return event
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelgate.engine.detok import Decode, IncrementalDetokenizer
@@ -36,6 +36,11 @@ class TokenEvent:
     stop_reason: str | None = None
 
 
+def merge_events(first: TokenEvent, then: TokenEvent) -> TokenEvent:
+    """One event standing for two consecutive ones of the same sequence."""
+    return replace(then, token_ids=first.token_ids + then.token_ids, text=first.text + then.text)
+
+
 class Sequence:
     """Owned by the engine's step thread once submitted; ``cancel`` is the only
     thing the event loop may call on it afterwards."""
@@ -62,6 +67,9 @@ class Sequence:
         self.generator: Any = None
         self.finished = False
         self._cancelled = False
+        # Output not yet handed to the event loop, and the step it was last handed at.
+        self.pending: TokenEvent | None = None
+        self.sent_step = -1
 
     # -- Schedulable
     @property
@@ -103,6 +111,10 @@ class Sequence:
         ids, self.unsent = tuple(self.unsent), []
         return TokenEvent(ids, text, finish, len(self.prompt_ids), len(self.generated), stop_reason=why)
 
+    def hold(self, event: TokenEvent) -> None:
+        self.pending = event if self.pending is None else merge_events(self.pending, event)
+
     def fail(self, exc: BaseException) -> TokenEvent:
         self.finished = True
+        self.pending = None
         return TokenEvent((), "", None, len(self.prompt_ids), len(self.generated), error=exc)
