@@ -155,10 +155,13 @@ def start_worker(model_dir: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("worker did not start")
 
 
-async def _stream(session: object, url: str, prompt: str, tokens: int) -> tuple[float, float, int]:
-    """(start, ttft, completion tokens) for one streamed completion."""
+async def _stream(
+    session: object, url: str, prompt: str, tokens: int, model: str = "tgi"
+) -> tuple[float, float, int]:
+    """(start, ttft, completion tokens) for one streamed completion.  Without a usage
+    event (``transformers serve`` ignores ``stream_options``) each text event counts one."""
     body = {
-        "model": "tgi",
+        "model": model,
         "prompt": prompt,
         "max_tokens": tokens,
         "temperature": 0,
@@ -167,42 +170,95 @@ async def _stream(session: object, url: str, prompt: str, tokens: int) -> tuple[
     }
     start = time.perf_counter()
     ttft = 0.0
-    made = 0
+    made = events = 0
     async with session.post(f"{url}/v1/completions", json=body) as resp:  # type: ignore[attr-defined]
         resp.raise_for_status()
         async for raw in resp.content:
             if not raw.startswith(b"data: {"):
                 continue
             event = json.loads(raw[6:])
-            if not ttft and event.get("choices") and event["choices"][0].get("text"):
-                ttft = time.perf_counter() - start
+            if event.get("choices") and event["choices"][0].get("text") is not None:
+                events += 1
+                if not ttft:
+                    ttft = time.perf_counter() - start
             if event.get("usage"):
                 made = event["usage"]["completion_tokens"]
-    return start, ttft, made
+    return start, ttft, made or events
 
 
-async def http_load(url: str, tokens: int, streams: int) -> dict[str, float]:
+async def http_load(
+    url: str, tokens: int, streams: int, *, key: str = "mg", model: str = "tgi"
+) -> dict[str, float]:
     import aiohttp
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        await _stream(s, url, PROMPT, 8)  # connection + first-request warm
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as s:
+        await _stream(s, url, PROMPT, 8, model)  # connection + first-request warm
         singles = []
         for _ in range(3):
             t = time.perf_counter()
-            _, _, made = await _stream(s, url, PROMPT, tokens)
+            _, _, made = await _stream(s, url, PROMPT, tokens, model)
             singles.append(made / (time.perf_counter() - t))
         t = time.perf_counter()
-        results = await asyncio.gather(*(_stream(s, url, p, tokens) for p in _prompts(streams)))
+        results = await asyncio.gather(*(_stream(s, url, p, tokens, model) for p in _prompts(streams)))
         wall = time.perf_counter() - t
     ttfts = sorted(r[1] for r in results)
     made = sum(r[2] for r in results)
     return {
-        "mg_1": statistics.median(singles),
-        f"mg_{streams}": made / wall,
-        "tokens_ok": float(made == streams * tokens),
-        "ttft_p50_s": ttfts[len(ttfts) // 2],
-        "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
+        f"{key}_1": statistics.median(singles),
+        f"{key}_{streams}": made / wall,
+        f"{key}_tokens_ok": float(made == streams * tokens),
+        f"{key}_ttft_p50_s": ttfts[len(ttfts) // 2],
+        f"{key}_ttft_p99_s": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
     }
+
+
+def transformers_serve(model: Path, args: argparse.Namespace, *, cb: bool) -> dict[str, float]:
+    """``transformers serve`` on the same core, if it runs here (needs fastapi, uvicorn, accelerate)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = ["transformers", "serve", str(model), "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    if cb:  # sized, or its cache takes 90% of memory (upstream-quirks.md)
+        cmd += ["--continuous-batching", "--cb-num-blocks", "64", "--cb-max-batch-tokens", "1024"]
+        cmd += ["--cb-max-memory-percent", "0.1"]
+    exe = Path(sys.executable).with_name("transformers")
+    cmd[0] = str(exe) if exe.exists() else cmd[0]
+    key = "tscb" if cb else "ts"
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_env(),
+            preexec_fn=lambda: _pin(SERVER_CORE),
+        )
+    except OSError as exc:
+        return {f"{key}_error": str(exc)}  # type: ignore[dict-item]
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is not None:
+            return {
+                f"{key}_error": "transformers serve did not start (pip install fastapi uvicorn accelerate)"
+            }  # type: ignore[dict-item]
+        return asyncio.run(
+            http_load(f"http://127.0.0.1:{port}", args.tokens, args.streams, key=key, model=str(model))
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # -- report --------------------------------------------------------------------------------
@@ -227,6 +283,9 @@ def bench_size(size: str, root: Path, args: argparse.Namespace) -> dict[str, flo
     out = {k: statistics.median(r[k] for r in rounds if isinstance(r.get(k), float)) for k in rounds[0]}
     if not args.no_cb:
         out |= _run_pinned("cb", model, args)
+    if not args.no_serve:
+        out |= transformers_serve(model, args, cb=False)
+        out |= transformers_serve(model, args, cb=True)
     return out
 
 
@@ -234,11 +293,17 @@ def _fmt(v: object) -> str:
     return f"{v:,.0f}" if isinstance(v, float) else "—"
 
 
+def _ms(r: dict[str, float], key: str) -> str:
+    return f"{r[key] * 1000:,.0f} ms" if isinstance(r.get(key), float) else "n/a"
+
+
 def report(results: dict[str, dict[str, float]], streams: int) -> str:
     rows = [
         ("bare `model.generate`, one at a time", "bare_1", None),
         (f"static `generate` batch of {streams}", None, f"static_{streams}"),
-        ("transformers continuous batching (`generate_batch`)", "cb_1", f"cb_{streams}"),
+        ("transformers continuous batching (`generate_batch`, in-process)", "cb_1", f"cb_{streams}"),
+        ("`transformers serve`, HTTP streaming", "ts_1", f"ts_{streams}"),
+        ("`transformers serve --continuous-batching`, HTTP streaming", "tscb_1", f"tscb_{streams}"),
         ("**modelgate worker, HTTP streaming**", "mg_1", f"mg_{streams}"),
     ]
     sizes = list(results)
@@ -259,8 +324,9 @@ def report(results: dict[str, dict[str, float]], streams: int) -> str:
         )
         lines.append(
             f"- {s}: 1 stream {one:.2f}x bare generate (target 0.9); {streams} streams {many:.2f}x static batch "
-            f"(target 0.8); TTFT p50 {r.get('ttft_p50_s', 0) * 1000:.0f} ms, p99 {r.get('ttft_p99_s', 0) * 1000:.0f} ms"
-            f"; all tokens produced: {bool(r.get('tokens_ok'))}"
+            f"(target 0.8); TTFT at {streams} streams: modelgate p50 {_ms(r, 'mg_ttft_p50_s')}, "
+            f"p99 {_ms(r, 'mg_ttft_p99_s')}; transformers serve p99 {_ms(r, 'ts_ttft_p99_s')}, "
+            f"with CB p99 {_ms(r, 'tscb_ttft_p99_s')}; all tokens produced: {bool(r.get('mg_tokens_ok'))}"
             + (f"; transformers CB first call {r['cb_first_call_s']:.1f} s" if "cb_first_call_s" in r else "")
         )
     return "\n".join(lines)
@@ -274,6 +340,7 @@ def main() -> int:
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--rounds", type=int, default=3, help="alternating baseline/modelgate rounds (medians)")
     p.add_argument("--no-cb", action="store_true", help="skip transformers' continuous batching")
+    p.add_argument("--no-serve", action="store_true", help="skip `transformers serve`")
     p.add_argument("--baseline", help=argparse.SUPPRESS)
     p.add_argument("--cb", help=argparse.SUPPRESS)
     args = p.parse_args()

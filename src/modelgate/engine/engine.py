@@ -49,6 +49,7 @@ class Engine:
         self._rows: list[Sequence] = []  # row order of the KV batch
         self._inbox: list[Sequence] = []
         self._holding: list[Sequence] = []  # sequences with output not yet delivered
+        self._prefill_only_last = False
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -192,6 +193,12 @@ class Engine:
         if plan.join:
             self._prefill(list(plan.join), events)
             self._drop()
+            # Newcomers get their first token without waiting for the others' decode
+            # step; the running rows wait at most one step (never two in a row).
+            if not self._prefill_only_last:
+                self._prefill_only_last = True
+                return
+        self._prefill_only_last = False
         if self._rows:
             self._decode(events)
 
