@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def start_worker(model, *extra):
         lines.append(line)
         m = re.search(r"serving \S+ on (http://\S+)", line)
         if m:
+            # keep reading its output, or a full pipe would block the worker
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, m.group(1)
     proc.kill()
     raise AssertionError("worker did not start:\n" + "".join(lines[-30:]))
