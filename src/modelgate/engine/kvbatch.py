@@ -104,9 +104,12 @@ class KVBatch:
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
 
     def kv_bytes(self) -> int:
-        if self.cache is None:
+        cache = self.cache  # read once: the step thread may replace it meanwhile
+        if cache is None:
             return 0
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
+        return sum(
+            getattr(x, "nbytes", 0) for layer in list(cache.layers) for x in (layer.keys, layer.values)
+        )
 
 
 def _lpad(t: torch.Tensor, n: int) -> torch.Tensor:
