@@ -129,6 +129,7 @@ def load_tokenizer(files: ModelFiles) -> Any:
 
 
 def _state_dict(files: ModelFiles) -> dict[str, Any]:
+    from safetensors import safe_open
     from safetensors.torch import load
 
     names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
@@ -138,8 +139,23 @@ def _state_dict(files: ModelFiles) -> dict[str, Any]:
         raise EngineError("the model has no *.safetensors weights")
     state: dict[str, Any] = {}
     for name in names:
-        state.update(load(files.read(name)))
+        path = _weights_path(files, name)
+        if path is None:
+            state.update(load(files.read(name)))  # bytes in memory: briefly two copies
+            continue
+        with safe_open(path, framework="pt") as f:  # mmap: peak stays near one copy
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                state[key] = f.get_tensor(key)
     return state
+
+
+def _weights_path(files: ModelFiles, name: str) -> str | None:
+    """A path safetensors can mmap: the file itself, or a sealed model's memfd
+    (decrypted in this process's memory, never on a filesystem)."""
+    if isinstance(files, DirectoryFiles):
+        return str(files.root / name)
+    memfd_path = getattr(files, "memfd_path", None)
+    return str(memfd_path(name)) if callable(memfd_path) else None
 
 
 def _materialise(model: Any, state: dict[str, Any], device: Any, dtype: Any) -> None:
