@@ -22,7 +22,7 @@ import orjson
 from modelgate.backends import http
 from modelgate.backends.base import BackendContext
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
-from modelgate.backends.sse import TruncatedEvent, iter_sse_data
+from modelgate.backends.sse import TruncatedEvent, iter_sse
 from modelgate.backends.tgi_native import (
     FINISH,
     StopTrimmer,
@@ -210,7 +210,7 @@ class TGIBackend:
         if request.kind == "chat":
             yield Chunk(role="assistant")
         try:
-            async for data in iter_sse_data(resp.content):
+            async for data, more in iter_sse(resp.content):
                 event = _event(data, self._where)
                 if "error" in event:
                     raise error_from_event(event, where=self._where)
@@ -221,7 +221,7 @@ class TGIBackend:
                 if details is None:
                     out = trimmer.feed(text)
                     if out:
-                        yield Chunk(text=out, token_ids=(int(token.get("id") or 0),))
+                        yield Chunk(text=out, token_ids=(int(token.get("id") or 0),), buffered=more)
                     continue
                 reason = finish_reason(details, self._where)
                 tail = trimmer.feed(text) + trimmer.finish(details.get("finish_reason") == "stop_sequence")

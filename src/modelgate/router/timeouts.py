@@ -36,18 +36,26 @@ async def with_timeouts(
             for chunk in chunks:
                 yield chunk
             return
+        ready = False  # the previous chunk said the next one is already buffered
         while True:
-            step = limits.idle_s if started else limits.first_token_s
-            phase = "idle" if started else "first token"
-            deadline = min(end, loop.time() + step)
-            if deadline == end:
-                phase = "total"
-            try:
-                async with asyncio.timeout_at(deadline):
+            if ready:  # no network wait ahead: no timer to arm and disarm
+                try:
                     chunk = await anext(it)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise UpstreamTimeout(f"{where}: no answer within the {phase} timeout") from None
+                except StopAsyncIteration:
+                    return
+            else:
+                step = limits.idle_s if started else limits.first_token_s
+                phase = "idle" if started else "first token"
+                deadline = min(end, loop.time() + step)
+                if deadline == end:
+                    phase = "total"
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise UpstreamTimeout(f"{where}: no answer within the {phase} timeout") from None
+            ready = chunk.buffered
             started = started or chunk.has_content
             yield chunk
