@@ -54,9 +54,3 @@ async def iter_sse(source: _ByteSource) -> AsyncIterator[tuple[bytes, bool]]:
             yield last_data, False
         elif last_data is not None:
             raise TruncatedEvent(last_data[:200].decode("utf-8", "replace"))
-
-
-async def iter_sse_data(source: _ByteSource) -> AsyncIterator[bytes]:
-    """Just the ``data`` payloads of ``iter_sse``."""
-    async for data, _ in iter_sse(source):
-        yield data
