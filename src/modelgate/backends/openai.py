@@ -28,7 +28,7 @@ from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, Generation
 
 
 def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict:
         return None
     return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
 
@@ -180,25 +180,31 @@ class OpenAIBackend:
 
     def _event_chunks(self, event: Mapping[str, Any], chat: bool, more: bool, raw: bytes) -> list[Chunk]:
         """The chunks of one event; all but the last are ``buffered`` (and the last
-        too when another event is already waiting)."""
+        too when another event is already waiting).  Hot path: plain type checks
+        (orjson gives dicts), no ABC isinstance."""
         choices = event.get("choices") or ()
         usage = _usage(event.get("usage"))
         last = len(choices) - (0 if usage is not None else 1)
         out = []
         for pos, c in enumerate(choices):
+            if type(c) is not dict:
+                raise UpstreamError(f"{self._where} sent a malformed stream choice")
             buffered = more or pos < last
             this_raw = raw if pos == 0 else b""
             if chat:
-                delta = c.get("delta") or {}
+                delta = c.get("delta")
+                if type(delta) is not dict:
+                    delta = {}
                 logprobs = c.get("logprobs")
+                tool_calls = delta.get("tool_calls")
                 out.append(
                     Chunk(
-                        index=int(c.get("index", 0)),
+                        index=c.get("index") or 0,
                         text=delta.get("content") or "",
                         role=delta.get("role"),
                         finish_reason=_finish(c.get("finish_reason")),
-                        tool_calls=tuple(delta.get("tool_calls") or ()),
-                        logprobs=logprobs if isinstance(logprobs, Mapping) else None,
+                        tool_calls=tuple(tool_calls) if tool_calls else (),
+                        logprobs=logprobs if type(logprobs) is dict else None,
                         buffered=buffered,
                         raw=this_raw,
                     )
@@ -206,7 +212,7 @@ class OpenAIBackend:
             else:
                 out.append(
                     Chunk(
-                        index=int(c.get("index", 0)),
+                        index=c.get("index") or 0,
                         text=c.get("text") or "",
                         finish_reason=_finish(c.get("finish_reason")),
                         buffered=buffered,
