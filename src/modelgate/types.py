@@ -107,9 +107,9 @@ class Chunk:
     # Another chunk is already buffered behind this one: a writer may coalesce
     # instead of flushing now.  Only a hint; never a reason to wait.
     buffered: bool = False
-    # The upstream's own OpenAI stream event (model already renamed), forwarded as
-    # is: no re-rendering when no translation is needed.  ``b""`` marks a further
-    # chunk of an event whose bytes an earlier chunk carried.
+    # The upstream's own OpenAI SSE bytes (whole ``data: ...`` events, model already
+    # renamed), forwarded as is: no re-rendering when no translation is needed.
+    # ``b""`` marks a further chunk of an event whose bytes an earlier chunk carried.
     raw: bytes | None = None
 
     @property

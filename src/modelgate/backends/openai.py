@@ -16,27 +16,14 @@ import orjson
 
 from modelgate.backends import http
 from modelgate.backends.base import BackendContext
-from modelgate.backends.sse import TruncatedEvent, iter_sse
+from modelgate.backends.openai_stream import EventStream, finish_of, usage_of
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import (
     InvalidRequest,
-    UpstreamDisconnected,
     UpstreamError,
 )
-from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult, Usage
-
-
-def _usage(raw: Any) -> Usage | None:
-    if type(raw) is not dict:
-        return None
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
-
-
-def _finish(value: Any) -> Any:
-    return (
-        value if value in ("stop", "length", "tool_calls", "content_filter") else ("stop" if value else None)
-    )
+from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
 
 
 class OpenAIBackend:
@@ -100,13 +87,16 @@ class OpenAIBackend:
             return
         try:
             rename = self._rename(str((request.body or {}).get("model") or self._model.id))
-            async for chunk in self._stream(resp, request.kind == "chat", request.sampling.n, rename):
+            events = EventStream(
+                where=self._where, chat=request.kind == "chat", n=request.sampling.n, rename=rename
+            )
+            async for chunk in events.chunks(resp.content):
                 yield chunk
         finally:
             resp.close()  # on cancellation (client gone) this aborts the upstream request
 
-    def _required_finish(self, value: Any) -> Any:
-        finish = _finish(value)
+    def _requiredfinish_of(self, value: Any) -> Any:
+        finish = finish_of(value)
         if finish is None:  # never invent "stop" for an answer that did not say it ended
             raise UpstreamError(f"{self._where} answer has a choice without a finish_reason")
         return finish
@@ -126,12 +116,12 @@ class OpenAIBackend:
                     index=int(c.get("index", pos)),
                     text=text,
                     role="assistant" if chat else None,
-                    finish_reason=self._required_finish(c.get("finish_reason")),
+                    finish_reason=self._requiredfinish_of(c.get("finish_reason")),
                     tool_calls=tuple(msg.get("tool_calls") or ()) if chat else (),
                     logprobs=c.get("logprobs") if chat and isinstance(c.get("logprobs"), Mapping) else None,
                 )
             )
-        usage = _usage(data.get("usage"))
+        usage = usage_of(data.get("usage"))
         if usage is not None:
             out.append(Chunk(usage=usage))
         return out
@@ -150,79 +140,6 @@ class OpenAIBackend:
 
         return rename
 
-    async def _stream(
-        self, resp: aiohttp.ClientResponse, chat: bool, n: int, rename: Any
-    ) -> AsyncIterator[Chunk]:
-        finished: set[int] = set()
-        try:
-            async for data, more in iter_sse(resp.content):
-                if data == b"[DONE]":
-                    break
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamError(f"{self._where} sent a malformed stream event") from exc
-                if not isinstance(event, dict):
-                    raise UpstreamError(f"{self._where} sent a malformed stream event")
-                if "error" in event:
-                    raise error_from_event(event, where=self._where)
-                raw = rename(data) if rename is not None else data
-                for chunk in self._event_chunks(event, chat, more, raw):
-                    if chunk.finish_reason:
-                        finished.add(chunk.index)
-                    yield chunk
-        except TruncatedEvent as exc:
-            raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
-        if len(finished) < n:
-            raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
-
-    def _event_chunks(self, event: Mapping[str, Any], chat: bool, more: bool, raw: bytes) -> list[Chunk]:
-        """The chunks of one event; all but the last are ``buffered`` (and the last
-        too when another event is already waiting).  Hot path: plain type checks
-        (orjson gives dicts), no ABC isinstance."""
-        choices = event.get("choices") or ()
-        usage = _usage(event.get("usage"))
-        last = len(choices) - (0 if usage is not None else 1)
-        out = []
-        for pos, c in enumerate(choices):
-            if type(c) is not dict:
-                raise UpstreamError(f"{self._where} sent a malformed stream choice")
-            buffered = more or pos < last
-            this_raw = raw if pos == 0 else b""
-            if chat:
-                delta = c.get("delta")
-                if type(delta) is not dict:
-                    delta = {}
-                logprobs = c.get("logprobs")
-                tool_calls = delta.get("tool_calls")
-                out.append(
-                    Chunk(
-                        index=c.get("index") or 0,
-                        text=delta.get("content") or "",
-                        role=delta.get("role"),
-                        finish_reason=_finish(c.get("finish_reason")),
-                        tool_calls=tuple(tool_calls) if tool_calls else (),
-                        logprobs=logprobs if type(logprobs) is dict else None,
-                        buffered=buffered,
-                        raw=this_raw,
-                    )
-                )
-            else:
-                out.append(
-                    Chunk(
-                        index=c.get("index") or 0,
-                        text=c.get("text") or "",
-                        finish_reason=_finish(c.get("finish_reason")),
-                        buffered=buffered,
-                        raw=this_raw,
-                    )
-                )
-        if usage is not None:
-            out.append(Chunk(usage=usage, buffered=more, raw=b"" if choices else raw))
-        return out
-
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         body = dict(request.body or {})
         body["model"] = self._upstream_model
@@ -233,7 +150,7 @@ class OpenAIBackend:
             vectors = tuple(tuple(float(x) for x in r["embedding"]) for r in rows)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UpstreamError(f"{self._where} sent a malformed embeddings answer") from exc
-        usage = _usage(data.get("usage"))
+        usage = usage_of(data.get("usage"))
         return EmbeddingResult(vectors=vectors, prompt_tokens=usage.prompt_tokens if usage else 0)
 
     async def probe(self) -> ProbeResult:

@@ -137,8 +137,8 @@ class ChunkRenderer:
         """The SSE event for one chunk, or None when nothing is to be sent."""
         if chunk.usage is not None and not chunk.has_content and not self.include_usage:
             return None
-        if chunk.raw is not None:
-            return b"data: " + chunk.raw + b"\n\n" if chunk.raw else None
+        if chunk.raw is not None:  # the upstream's own SSE bytes
+            return chunk.raw or None
         body = self.render(chunk)
         return b"data: " + orjson.dumps(body) + b"\n\n"
 

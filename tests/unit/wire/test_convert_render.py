@@ -92,5 +92,5 @@ def test_renderer_role_once_usage_only_when_asked_raw_passthrough() -> None:
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
     assert second["choices"][0]["delta"] == {"content": "b"}
     assert r.event(Chunk(usage=Usage(1, 2))) is None
-    assert r.event(Chunk(text="x", raw=b'{"up": 1}')) == b'data: {"up": 1}\n\n'
+    assert r.event(Chunk(text="x", raw=b'data: {"up": 1}\n\n')) == b'data: {"up": 1}\n\n'
     assert r.event(Chunk(text="x", raw=b"")) is None

@@ -1,0 +1,182 @@
+"""An OpenAI-style upstream stream -> chunks.
+
+Every event is parsed and checked (error events, finish reasons, usage), but the
+upstream's own bytes are what the client gets (``Chunk.raw``, model renamed): no
+re-rendering.  Consecutive text-only events of one choice that arrived in the same
+read are forwarded as one chunk holding all their bytes, so what the socket
+delivered at once crosses the router and the client socket once.  Nothing ever
+waits for more: a run ends with the read it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from modelgate.backends.sse import TruncatedEvent, iter_sse
+from modelgate.backends.upstream_errors import error_from_event
+from modelgate.errors import UpstreamDisconnected, UpstreamError
+from modelgate.types import Chunk, Usage
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
+_CHAT_SIMPLE = frozenset({"role", "content"})
+
+
+def usage_of(raw: Any) -> Usage | None:
+    if type(raw) is not dict:
+        return None
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+
+def finish_of(value: Any) -> Any:
+    """OpenAI's finish reasons as they are; any other non-empty reason is a stop."""
+    return value if value in FINISH_REASONS else ("stop" if value else None)
+
+
+class _Run:
+    """Text-only events of one choice, merged."""
+
+    __slots__ = ("finish", "frames", "index", "role", "texts")
+
+    def __init__(self, index: int, role: str | None) -> None:
+        self.index = index
+        self.role = role
+        self.texts: list[str] = []
+        self.frames: list[bytes] = []
+        self.finish: Any = None
+
+    def chunk(self, buffered: bool) -> Chunk:
+        return Chunk(
+            index=self.index,
+            text="".join(self.texts),
+            role=self.role,
+            finish_reason=self.finish,
+            buffered=buffered,
+            raw=b"".join(self.frames),
+        )
+
+
+class EventStream:
+    def __init__(self, *, where: str, chat: bool, n: int, rename: Callable[[bytes], bytes] | None) -> None:
+        self._where = where
+        self._chat = chat
+        self._n = n
+        self._rename = rename
+
+    async def chunks(self, content: Any) -> AsyncIterator[Chunk]:
+        finished: set[int] = set()
+        run: _Run | None = None
+        try:
+            async for data, more in iter_sse(content):
+                if data == b"[DONE]":
+                    break
+                try:
+                    event = self._parse(data)
+                except UpstreamError:
+                    if run is not None:  # what came before the failure still reaches the client
+                        yield run.chunk(buffered=False)
+                    raise
+                frame = b"data: " + (self._rename(data) if self._rename else data) + b"\n\n"
+                simple = self._simple(event)
+                if simple is None:
+                    if run is not None:
+                        yield run.chunk(buffered=True)
+                        run = None
+                    for chunk in self._event_chunks(event, more, frame):
+                        if chunk.finish_reason:
+                            finished.add(chunk.index)
+                        yield chunk
+                    continue
+                index, text, role, finish = simple
+                if run is not None and run.index != index:
+                    yield run.chunk(buffered=True)
+                    run = None
+                if run is None:
+                    run = _Run(index, role)
+                run.texts.append(text)
+                run.frames.append(frame)
+                run.finish = finish
+                if finish is not None or not more:
+                    if finish is not None:
+                        finished.add(index)
+                    yield run.chunk(buffered=more)
+                    run = None
+        except TruncatedEvent as exc:
+            if run is not None:
+                yield run.chunk(buffered=False)
+            raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+            if run is not None:
+                yield run.chunk(buffered=False)
+            raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
+        if run is not None:
+            yield run.chunk(buffered=False)
+        if len(finished) < self._n:
+            raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
+
+    def _parse(self, data: bytes) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"{self._where} sent a malformed stream event") from exc
+        if type(event) is not dict:
+            raise UpstreamError(f"{self._where} sent a malformed stream event")
+        if "error" in event:
+            raise error_from_event(event, where=self._where)
+        return event
+
+    def _simple(self, event: dict[str, Any]) -> tuple[int, str, str | None, Any] | None:
+        """(index, text, role, finish) for a one-choice, text-only event; else None."""
+        choices = event.get("choices")
+        if type(choices) is not list or len(choices) != 1 or event.get("usage") is not None:
+            return None
+        c = choices[0]
+        if type(c) is not dict or c.get("logprobs") is not None:
+            return None
+        index = c.get("index") or 0
+        if type(index) is not int:
+            return None
+        if self._chat:
+            delta = c.get("delta")
+            if type(delta) is not dict or not _CHAT_SIMPLE.issuperset(delta):
+                return None
+            text, role = delta.get("content") or "", delta.get("role")
+        else:
+            text, role = c.get("text") or "", None
+        if type(text) is not str:
+            return None
+        return index, text, role, finish_of(c.get("finish_reason"))
+
+    def _event_chunks(self, event: Mapping[str, Any], more: bool, frame: bytes) -> list[Chunk]:
+        """Any other event: one chunk per choice (the first carries the event's bytes),
+        plus one for usage; all but the last are ``buffered``."""
+        choices = event.get("choices") or ()
+        usage = usage_of(event.get("usage"))
+        last = len(choices) - (0 if usage is not None else 1)
+        out = []
+        for pos, c in enumerate(choices):
+            if type(c) is not dict:
+                raise UpstreamError(f"{self._where} sent a malformed stream choice")
+            delta = c.get("delta") if self._chat else c
+            if type(delta) is not dict:
+                delta = {}
+            logprobs = c.get("logprobs")
+            tool_calls = delta.get("tool_calls") if self._chat else None
+            out.append(
+                Chunk(
+                    index=c.get("index") or 0,
+                    text=(delta.get("content") if self._chat else delta.get("text")) or "",
+                    role=delta.get("role") if self._chat else None,
+                    finish_reason=finish_of(c.get("finish_reason")),
+                    tool_calls=tuple(tool_calls) if tool_calls else (),
+                    logprobs=logprobs if self._chat and type(logprobs) is dict else None,
+                    buffered=more or pos < last,
+                    raw=frame if pos == 0 else b"",
+                )
+            )
+        if usage is not None:
+            out.append(Chunk(usage=usage, buffered=more, raw=b"" if choices else frame))
+        return out
