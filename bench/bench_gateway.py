@@ -71,7 +71,7 @@ def answers() -> tuple[str, str]:
     return json.dumps(body), sse
 
 
-def nginx_conf(work: Path, port_json: int, port_sse: int) -> Path:
+def nginx_conf(work: Path, port_json: int, port_sse: int, more_json: tuple[int, ...] = ()) -> Path:
     body, sse = answers()
     models = json.dumps({"object": "list", "data": [{"id": "fast", "object": "model"}]})
     for name, text in (("json", body), ("sse", sse)):
@@ -101,7 +101,7 @@ http {{
     access_log off;
     keepalive_requests 1000000;
     client_body_temp_path {work}/tmp;
-    {server(port_json, "json", "application/json")}
+    {"".join(server(p, "json", "application/json") for p in (port_json, *more_json))}
     {server(port_sse, "sse", "text/event-stream")}
 }}
 """
@@ -202,7 +202,8 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mg-bench-"))
     work.chmod(0o755)  # nginx workers read the answers as an unprivileged user
     pj, ps, p_proxy_j, p_proxy_s, p_mg = (free_port() for _ in range(5))
-    nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps))], stderr=subprocess.DEVNULL)
+    more = tuple(free_port() for _ in range(7))  # 8 replicas of the same answer, for the balancing cost
+    nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps, more))], stderr=subprocess.DEVNULL)
     cfg = work / "modelgate.yaml"
     cfg.write_text(
         json.dumps(
@@ -214,6 +215,18 @@ async def main() -> None:
                         "id": "fast",
                         "backend": "openai",
                         "endpoints": [{"url": f"http://127.0.0.1:{pj}/v1", "max_in_flight": 4096}],
+                    },
+                    {
+                        "id": "fast8",
+                        "backend": "openai",
+                        "endpoints": [
+                            {
+                                "url": f"http://127.0.0.1:{p}/v1",
+                                "upstream_model": "fast",
+                                "max_in_flight": 4096,
+                            }
+                            for p in (pj, *more)
+                        ],
                     },
                     {
                         "id": "fast-stream",
@@ -281,6 +294,28 @@ async def main() -> None:
                         row.update(lat)
                     results.append(row)
                     print(json.dumps(row), flush=True)
+        # balancing: the same gateway, one model with 8 endpoints vs the one with 1
+        for name, model in (("modelgate-1ep", "fast"), ("modelgate-8ep", "fast8")):
+            for conns in (16, 64):
+                before = cpu_seconds(mg.pid)
+                r = wrk(
+                    f"http://127.0.0.1:{p_mg}/v1/chat/completions",
+                    conns,
+                    args.seconds,
+                    {**CHAT, "model": model},
+                    True,
+                    work,
+                )
+                cpu = cpu_seconds(mg.pid) - before
+                row = {
+                    "mode": "json",
+                    "target": name,
+                    "conns": conns,
+                    **r,
+                    "cpu_ms_per_req": 1000 * cpu / max(1, r["requests"]),
+                }
+                results.append(row)
+                print(json.dumps(row), flush=True)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -317,6 +352,17 @@ def report(rows: list[dict], out: Path) -> None:
             f"| {mode} | {m['p50_ms'] - d['p50_ms']:.3f} | {m['p99_ms'] - d['p99_ms']:.3f} | "
             f"{m['ttfb_p50_ms'] - d['ttfb_p50_ms']:.3f} | {p['p50_ms'] - d['p50_ms']:.3f} |"
         )
+    print(
+        "\n| balancing (json) | conns | rps 1 endpoint | rps 8 endpoints | CPU ms/req 1 | CPU ms/req 8 | added CPU |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for c in (16, 64):
+        one, eight = by.get(("json", "modelgate-1ep", c)), by.get(("json", "modelgate-8ep", c))
+        if one and eight:
+            print(
+                f"| 8 vs 1 | {c} | {one['rps']:.0f} | {eight['rps']:.0f} | {one['cpu_ms_per_req']:.3f} | "
+                f"{eight['cpu_ms_per_req']:.3f} | {100 * (eight['cpu_ms_per_req'] / one['cpu_ms_per_req'] - 1):+.1f}% |"
+            )
     bad = [r for r in rows if r["non2xx"] or r["socket_errors"]]
     if bad:
         print(
