@@ -86,16 +86,7 @@ class Aggregator:
                     "finish_reason": c.finish_reason,
                 }
             )
-        body: dict[str, Any] = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-        }
-        if self.usage is not None:
-            body["usage"] = usage_body(self.usage)
-        return body
+        return self._envelope("chat.completion", rid, model, created, choices)
 
     def completion_body(self, rid: str, model: str, created: int) -> dict[str, Any]:
         choices = [
@@ -107,9 +98,12 @@ class Aggregator:
             }
             for idx in sorted(self.choices)
         ]
+        return self._envelope("text_completion", rid, model, created, choices)
+
+    def _envelope(self, obj: str, rid: str, model: str, created: int, choices: list[Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": rid,
-            "object": "text_completion",
+            "object": obj,
             "created": created,
             "model": model,
             "choices": choices,
