@@ -106,4 +106,9 @@ def build_app(
     if extra_routes is not None:
         extra_routes(app)
     app.cleanup_ctx.append(_lifespan)
+    app.on_cleanup.append(_flush_access_log)
     return app
+
+
+async def _flush_access_log(app: web.Application) -> None:
+    app[STATE].access.flush()
