@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from modelgate.router.endpoint import Endpoint
@@ -36,6 +36,17 @@ class Balancer:
             low = min(_load(e) for e in candidates)
             return self._rng.choice([e for e in candidates if _load(e) == low])
         a, b = self._rng.sample(candidates, 2)
+        return self._lighter(a, b)
+
+    def quick(self, endpoints: Sequence[Endpoint], ok: Callable[[Endpoint], bool]) -> Endpoint | None:
+        """p2c without scanning the pool: two endpoints at random, and when both are
+        free the lighter one; None means "scan" (also for the other modes)."""
+        if self._mode != "p2c" or len(endpoints) < 2:
+            return None
+        a, b = self._rng.sample(endpoints, 2)
+        return self._lighter(a, b) if ok(a) and ok(b) else None
+
+    def _lighter(self, a: Endpoint, b: Endpoint) -> Endpoint:
         la, lb = _load(a), _load(b)
         if la == lb:
             # equal load: prefer by weight, so weights still shape an idle pool

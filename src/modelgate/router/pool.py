@@ -102,6 +102,13 @@ class EndpointPool:
         return ep
 
     async def _acquire(self, exclude: set[str]) -> Endpoint:
+        if not self._queue.depth:  # nobody waiting: a quick p2c pick may not jump a queue
+            ep = self._balancer.quick(
+                self.endpoints, lambda e: e.url not in exclude and e.usable and e.has_capacity
+            )
+            if ep is not None:
+                ep.in_flight += 1
+                return ep
         if not any(e.url not in exclude and e.usable for e in self.endpoints):
             raise self._no_endpoint(exclude)
         return await self._queue.admit(lambda: self._take(exclude))
