@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import orjson
@@ -13,14 +13,13 @@ from modelgate.api.middleware import INFO, State
 from modelgate.api.streaming import stream_sse
 from modelgate.errors import (
     InvalidRequest,
-    ModelGateError,
     ModelNotFound,
     PayloadTooLarge,
     ShuttingDown,
     UnsupportedMediaType,
 )
 from modelgate.router.router import Router
-from modelgate.types import Chunk, GenerationRequest, Usage
+from modelgate.types import Chunk, Usage
 from modelgate.wire import convert, render
 
 _JSON_TYPES = frozenset({"application/json", ""})
@@ -95,7 +94,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     in_flight.inc()
     started = time.perf_counter()
     try:
-        first = await _first(gen)
+        first = await anext(gen, None)
         info.ttft_ms = round((time.perf_counter() - started) * 1000, 2)
         metrics.child(metrics.ttft, model.id).observe(time.perf_counter() - started)
         if req.stream:
@@ -121,13 +120,6 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     finally:
         in_flight.dec()
         await gen.aclose()
-
-
-async def _first(gen: AsyncIterator[Chunk]) -> Chunk | None:
-    try:
-        return await gen.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 def _count_tokens(state: State, model: str, usage: Usage | None) -> None:
@@ -198,6 +190,3 @@ def register(app: web.Application) -> None:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models, allow_head=False)
     app.router.add_get("/v1/models/{model}", get_model, allow_head=False)
-
-
-__all__ = ["ModelGateError", "GenerationRequest", "register"]
