@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +30,7 @@ class Row:
     model_listed: bool | None
     latency_ms: float | None
     detail: str
+    lifecycle: str = "-"
 
     @property
     def healthy(self) -> bool:
@@ -108,7 +109,56 @@ async def _probe_all(config: Config) -> list[Row]:
                     res.detail,
                 )
             )
-    return rows
+        lifecycle = await _gateway_lifecycle(config, http)
+    return [replace(r, lifecycle=lifecycle[r.endpoint]) if r.endpoint in lifecycle else r for r in rows]
+
+
+def _admin_key(config: Config) -> str | None:
+    """The first configured admin key, to ask a running gateway about what it supervises."""
+    auth = config.auth
+    for entry in auth.admin_keys:
+        if isinstance(entry, str):
+            return entry
+        return entry.key if entry.key is not None else config.secrets.get(entry.key_env or "")
+    if auth.admin_keys_file:
+        try:
+            lines = Path(auth.admin_keys_file).read_text(encoding="utf-8").split()
+        except OSError:
+            return None
+        return next((k for k in lines if not k.startswith("#")), None)
+    if auth.admin_keys_env:
+        return next(
+            (k.strip() for k in config.secrets.get(auth.admin_keys_env, "").split(",") if k.strip()), None
+        )
+    return None
+
+
+async def _gateway_lifecycle(config: Config, http: aiohttp.ClientSession) -> dict[str, str]:
+    """endpoint url -> "state, N restarts, exit C" from a running gateway's
+    /admin/endpoints (supervised endpoints only); empty when none answers."""
+    if not any(ep.launch for m in config.models for ep in m.endpoints):
+        return {}
+    key = _admin_key(config)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"http://{config.server.host}:{config.server.port}/admin/endpoints"
+    try:
+        async with http.get(url, headers=headers, allow_redirects=False) as resp:
+            if resp.status != 200:
+                return {}
+            data = orjson.loads(await resp.read())
+    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
+        return {}
+    out = {}
+    for model in data.get("models", []):
+        for ep in model.get("endpoints", []):
+            life = ep.get("lifecycle") or {}
+            info = life.get("info") or {}
+            if life.get("state"):
+                exit_code = info.get("last_exit_code")
+                out[ep["url"]] = f"{life['state']}, {info.get('restarts', 0)} restarts" + (
+                    f", exit {exit_code}" if exit_code is not None else ""
+                )
+    return out
 
 
 def _fmt(v: object) -> str:
@@ -116,7 +166,7 @@ def _fmt(v: object) -> str:
 
 
 def print_table(rows: list[Row], out: TextIO) -> None:
-    head = ("model", "endpoint", "reachable", "auth ok", "model listed", "latency ms", "detail")
+    head = ("model", "endpoint", "reachable", "auth ok", "model listed", "latency ms", "lifecycle", "detail")
     data = [
         (
             r.model,
@@ -125,6 +175,7 @@ def print_table(rows: list[Row], out: TextIO) -> None:
             _fmt(r.auth_ok),
             _fmt(r.model_listed),
             _fmt(r.latency_ms),
+            r.lifecycle,
             r.detail,
         )
         for r in rows

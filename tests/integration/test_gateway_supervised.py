@@ -5,6 +5,7 @@ visibility routes say so, and shutdown leaves nothing running."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import openai
 import pytest
 from tests.support.gateway import make_config, running_gateway
 
+from modelgate.check import run_check
 from modelgate.engine.demo_model import write_demo_model
 
 KEY = "mg_sup_0123456789abcdefghij"
@@ -51,7 +53,9 @@ async def test_killed_worker_is_restarted_and_readmitted(tmp_path: Path) -> None
     model = write_demo_model(tmp_path / "demo")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    gw_port = free_port()
     raw = {
+        "server": {"port": gw_port},
         "auth": {"api_keys": [KEY], "admin_keys": [ADMIN]},
         "supervisor": {"state_dir": str(tmp_path / "state")},
         "models": [
@@ -83,7 +87,7 @@ async def test_killed_worker_is_restarted_and_readmitted(tmp_path: Path) -> None
         ],
     }
     config = make_config(raw)
-    async with running_gateway(config) as base:
+    async with running_gateway(config, gw_port) as base:
 
         async def ready() -> bool:
             models = (await admin(base))["models"]
@@ -117,6 +121,11 @@ async def test_killed_worker_is_restarted_and_readmitted(tmp_path: Path) -> None
             text = await m.text()
         assert f'modelgate_supervised_restarts{{endpoint="{url}",model="demo"}} 1.0' in text
         new_pid = (await admin(base))["models"][0]["endpoints"][0]["lifecycle"]["info"]["pid"]
+        # `modelgate check` asks the running gateway about what it supervises
+        out = io.StringIO()
+        assert await asyncio.to_thread(run_check, config, out=out) == 0
+        row = next(line for line in out.getvalue().splitlines() if url in line)
+        assert "ready, 1 restarts, exit -9" in row
     # the gateway's shutdown stopped what it launched
     assert (
         not Path(f"/proc/{new_pid}").exists()

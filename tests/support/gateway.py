@@ -18,11 +18,11 @@ def make_config(raw: dict[str, Any], environ: dict[str, str] | None = None) -> C
 
 
 @asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[str]:
+async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[str]:
     app = build_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
