@@ -36,6 +36,7 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     cancelled: int = 0
+    embedding_size: int = 3
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -71,8 +72,9 @@ class FakeOpenAI:
         body = await request.json()
         self.requests.append(body)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        tail = [0.2, 0.3] + [0.5] * (self.embedding_size - 3)
         data = [
-            {"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+            {"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), *tail]}
             for i in range(len(inputs))
         ]
         return web.json_response(

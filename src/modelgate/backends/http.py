@@ -41,16 +41,27 @@ async def post(
     return resp
 
 
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, where: str) -> bytes:
+    """The whole body, to EOF (``content.read(n)`` returns what has arrived so far),
+    refusing more than ``limit`` bytes without buffering them."""
+    parts: list[bytes] = []
+    size = 0
+    async for block in resp.content.iter_any():
+        size += len(block)
+        if size > limit:
+            raise UpstreamError(f"{where} answer is larger than {limit} bytes")
+        parts.append(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 async def read_json(resp: aiohttp.ClientResponse, *, where: str, limit: int = MAX_BODY) -> Any:
     """The whole body as JSON, bounded; the response is released."""
     try:
-        raw = await resp.content.read(limit + 1)
+        raw = await read_bounded(resp, limit, where=where)
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamDisconnected(f"{where} broke the connection mid-answer") from exc
     finally:
         resp.release()
-    if len(raw) > limit:
-        raise UpstreamError(f"{where} answer is larger than {limit} bytes")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -160,7 +160,7 @@ class OpenAIBackend:
             async with self._http.get(
                 self._url + "/models", headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                raw = await resp.content.read(1 << 20)
+                raw = await http.read_bounded(resp, 4 << 20, where=self._where)
                 latency = time.perf_counter() - start
                 if resp.status in (401, 403):
                     return ProbeResult(False, latency, f"HTTP {resp.status}", auth_ok=False)
@@ -168,6 +168,8 @@ class OpenAIBackend:
                     return ProbeResult(False, latency, f"HTTP {resp.status}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return ProbeResult(False, time.perf_counter() - start, f"unreachable: {type(exc).__name__}")
+        except UpstreamError as exc:
+            return ProbeResult(False, time.perf_counter() - start, exc.message)
         try:
             ids = {m.get("id") for m in orjson.loads(raw).get("data", [])}
         except (orjson.JSONDecodeError, AttributeError, TypeError):

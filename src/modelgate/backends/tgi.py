@@ -111,8 +111,8 @@ class TGIBackend:
             async with self._session().get(self._url + "/info", timeout=self._timeout) as resp:
                 if resp.status != 200:
                     return None
-                data = orjson.loads(await resp.content.read(1 << 20))
-        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
+                data = orjson.loads(await http.read_bounded(resp, 1 << 20, where=self._where))
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, UpstreamError):
             return None
         return data if isinstance(data, dict) else None
 

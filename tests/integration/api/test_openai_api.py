@@ -116,3 +116,13 @@ async def test_unsupported_parameter_is_named(gateway: str) -> None:
             extra_body={"api_base": "http://169.254.169.254"},
         )
     assert exc.value.body["param"] == "api_base"  # type: ignore[index]
+
+
+async def test_large_answers_arrive_whole(gateway: str, upstream: FakeOpenAI) -> None:
+    """A multi-megabyte upstream body spans many socket reads; none of it is lost."""
+    upstream.embedding_size = 100_000  # 3 vectors of 100k floats: several MB of JSON
+    res = await client(gateway).embeddings.create(
+        model="gpt-test", input=["a", "b", "c"], encoding_format="float"
+    )
+    assert [len(d.embedding) for d in res.data] == [100_000] * 3
+    assert res.data[2].embedding[0] == pytest.approx(0.3)
