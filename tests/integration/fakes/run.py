@@ -1,4 +1,5 @@
-"""Run one fake upstream in this process: ``run.py tgi|openai --port N [--faults JSON]``.
+"""Run one fake upstream in this process: ``run.py tgi --port N [--faults JSON]``.
+(OpenAI/vLLM-style upstreams are ``tests/support/openai_upstream.py``, in process.)
 
 Prints ``PORT <n>`` once listening, then serves until killed."""
 
@@ -16,13 +17,12 @@ sys.path.insert(
 
 
 async def _main(kind: str, port: int, faults: dict[str, object]) -> None:
-    from tests.integration.fakes import openai_style, tgi
+    from tests.integration.fakes import tgi
     from tests.integration.fakes.core import FakeServer, Faults
 
-    module = tgi if kind == "tgi" else openai_style
     f = Faults()
     f.update(faults)
-    server = FakeServer(module.make_app(f))
+    server = FakeServer(tgi.make_app(f))
     server.port = port
     await server.start()
     print(f"PORT {server.port}", flush=True)
@@ -31,7 +31,7 @@ async def _main(kind: str, port: int, faults: dict[str, object]) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["tgi", "openai"])
+    p.add_argument("kind", choices=["tgi"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--faults", default="{}")
     a = p.parse_args()

@@ -162,7 +162,10 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
             resp.body = b"[" + bytes(resp.body) + b"]"  # type: ignore[arg-type]
         return resp
 
-    async def generate(request: web.Request) -> web.StreamResponse:
+    async def begin(
+        request: web.Request,
+    ) -> tuple[Any, str, list[Any], str] | web.StreamResponse:
+        """The body, the fault to play and the planned tokens, or an early answer."""
         body = request.get(BODY) or await parse(request)
         if isinstance(body, web.StreamResponse):
             return body
@@ -170,8 +173,14 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
         early = await _pre_faults(state, mode)
         if early is not None:
             return early
-        params = body.get("parameters") or {}
-        tokens, reason = plan_tokens(params, state.faults.tokens)
+        tokens, reason = plan_tokens(body.get("parameters") or {}, state.faults.tokens)
+        return body, mode, tokens, reason
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        started = await begin(request)
+        if isinstance(started, web.StreamResponse):
+            return started
+        body, mode, tokens, reason = started
         await asyncio.sleep(state.faults.token_delay * len(tokens))
         if mode == "truncated_json":
             return web.Response(body=b'{"generated_text": " w0 w', content_type="application/json")
@@ -191,15 +200,10 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
         )
 
     async def generate_stream(request: web.Request) -> web.StreamResponse:
-        body = request.get(BODY) or await parse(request)
-        if isinstance(body, web.StreamResponse):
-            return body
-        mode = state.fault()
-        early = await _pre_faults(state, mode)
-        if early is not None:
-            return early
-        params = body.get("parameters") or {}
-        tokens, reason = plan_tokens(params, state.faults.tokens)
+        started = await begin(request)
+        if isinstance(started, web.StreamResponse):
+            return started
+        body, mode, tokens, reason = started
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         events = _stream_events(tokens, reason, len(str(body["inputs"]).split()))
