@@ -8,7 +8,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -16,18 +15,13 @@ import aiohttp
 import openai
 import pytest
 from tests.support.gateway import make_config, running_gateway
+from tests.support.net import free_port
 
 from modelgate.check import run_check
 from modelgate.engine.demo_model import write_demo_model
 
 KEY = "mg_sup_0123456789abcdefghij"
 ADMIN = "mg_supadmin_0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def admin(base: str) -> dict:

@@ -2,7 +2,6 @@
 model (made on first run in the cache directory) and the embedding model, offline."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 
 import openai
 import pytest
+from tests.support.net import free_port as _free_port
 
 from modelgate.engine.defaults import DEMO_CHAT_ID, EMBEDDING_ID, default_models
 
@@ -23,12 +23,6 @@ def test_default_models_make_the_demo_model_once(tmp_path):
     assert again == first and first[0]["id"] == DEMO_CHAT_ID
     assert os.stat(f"{path}/model.safetensors").st_mtime_ns == mtime
     assert [m["id"] for m in first][1:] == [EMBEDDING_ID]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

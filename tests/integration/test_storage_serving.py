@@ -2,22 +2,20 @@
 (in-process app on 127.0.0.1:0), with its storage state on /ready and /admin/endpoints."""
 
 import asyncio
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.support.net import free_port as _free_port
 
-demo = pytest.importorskip("modelgate.engine.demo_model", reason="demo-model is not there yet")
-pytest.importorskip("modelgate.worker.server", reason="the worker is not there yet")
-
-from modelgate.api.app import Services, build_app  # noqa: E402
-from modelgate.config import build_config  # noqa: E402
-from modelgate.storage import seal_ops  # noqa: E402
-from modelgate.storage.keys import write_key_file  # noqa: E402
-from modelgate.storage.manager import StorageManager  # noqa: E402
+from modelgate.api.app import Services, build_app
+from modelgate.config import build_config
+from modelgate.engine import demo_model as demo
+from modelgate.storage import seal_ops
+from modelgate.storage.keys import write_key_file
+from modelgate.storage.manager import StorageManager
 
 ADMIN = "mg_admin_storage_0123456789abcdef"
 API = "mg_api_storage_0123456789abcdefgh"
@@ -35,12 +33,6 @@ def sealed(tmp_path_factory):
 
 def _files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_worker_serves_a_sealed_model(sealed, tmp_path):

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor_support import async_wait_until, free_port
+from test_supervisor_support import async_wait_until
+from tests.support.net import free_port
 
 from modelgate.config import Config, build_config
 from modelgate.supervisor.ownership import LABEL_OWNER, LABEL_RUN

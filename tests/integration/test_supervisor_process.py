@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor_support import async_wait_until, free_port, pid_alive, worker_command
+from test_supervisor_support import async_wait_until, pid_alive, worker_command
+from tests.support.net import free_port
 
 from modelgate.config import Config, build_config
 from modelgate.supervisor.ownership import proc_start_time

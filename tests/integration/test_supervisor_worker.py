@@ -12,7 +12,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_supervisor_support import async_wait_until, free_port, pid_alive
+from test_supervisor_support import async_wait_until, pid_alive
+from tests.support.net import free_port
 
 from modelgate.config import build_config
 from modelgate.supervisor.supervisor import Supervisor

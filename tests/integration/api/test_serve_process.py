@@ -5,22 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import yaml
 from tests.integration.api.conftest import API_KEY
+from tests.support.net import free_port, modelgate
 from tests.support.openai_upstream import FakeOpenAI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, upstream_url: str) -> Path:
@@ -59,16 +52,13 @@ async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     upstream = await FakeOpenAI().start()
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelgate",
+        modelgate(
             "serve",
             "--config",
             str(write_config(tmp_path, upstream.url)),
             "--port",
             str(port),
-        ],
+        ),
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -105,7 +95,7 @@ async def test_check_prints_table_and_exit_code(tmp_path: Path) -> None:
         cfg = write_config(tmp_path, upstream.url)
         ok = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "modelgate", "check", "--config", str(cfg)],
+            modelgate("check", "--config", str(cfg)),
             capture_output=True,
             text=True,
             timeout=30,
@@ -118,7 +108,7 @@ async def test_check_prints_table_and_exit_code(tmp_path: Path) -> None:
         await upstream.stop()
     bad = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "modelgate", "check", "--config", str(cfg)],
+        modelgate("check", "--config", str(cfg)),
         capture_output=True,
         text=True,
         timeout=30,
@@ -131,7 +121,7 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("server: {port: 8000, colour: blue}\n")
     r = subprocess.run(
-        [sys.executable, "-m", "modelgate", "serve", "--config", str(p)],
+        modelgate("serve", "--config", str(p)),
         capture_output=True,
         text=True,
         timeout=30,
@@ -146,10 +136,7 @@ async def test_workers_share_the_port_and_all_stop(tmp_path: Path) -> None:
     port = free_port()
     cfg = write_config(tmp_path, upstream.url)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelgate",
+        modelgate(
             "serve",
             "--config",
             str(cfg),
@@ -157,7 +144,7 @@ async def test_workers_share_the_port_and_all_stop(tmp_path: Path) -> None:
             str(port),
             "--workers",
             "2",
-        ],
+        ),
         stderr=subprocess.PIPE,
     )
     try:
@@ -190,7 +177,7 @@ def test_workers_refuse_a_config_with_local_models(tmp_path: Path) -> None:
     p = tmp_path / "local.yaml"
     p.write_text("models: [{id: m, backend: local, path: /nonexistent}]\n")
     r = subprocess.run(
-        [sys.executable, "-m", "modelgate", "serve", "--config", str(p), "--workers", "2"],
+        modelgate("serve", "--config", str(p), "--workers", "2"),
         capture_output=True,
         text=True,
         timeout=30,
