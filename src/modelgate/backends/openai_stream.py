@@ -10,13 +10,14 @@ waits for more: a run ends with the read it came in.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
-from modelgate.backends.sse import TruncatedEvent, iter_sse
+from modelgate.backends.sse import TruncatedEvent, iter_sse_blocks
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.errors import UpstreamDisconnected, UpstreamError
 from modelgate.types import Chunk, Usage
@@ -39,24 +40,18 @@ def finish_of(value: Any) -> Any:
 class _Run:
     """Text-only events of one choice, merged."""
 
-    __slots__ = ("finish", "frames", "index", "role", "texts")
+    __slots__ = ("datas", "finish", "index", "role", "texts")
 
     def __init__(self, index: int, role: str | None) -> None:
         self.index = index
         self.role = role
         self.texts: list[str] = []
-        self.frames: list[bytes] = []
+        self.datas: list[bytes] = []
         self.finish: Any = None
 
-    def chunk(self, buffered: bool) -> Chunk:
-        return Chunk(
-            index=self.index,
-            text="".join(self.texts),
-            role=self.role,
-            finish_reason=self.finish,
-            buffered=buffered,
-            raw=b"".join(self.frames),
-        )
+
+class _Done(Exception):
+    """``[DONE]``: the upstream said the stream is over."""
 
 
 class EventStream:
@@ -68,54 +63,79 @@ class EventStream:
 
     async def chunks(self, content: Any) -> AsyncIterator[Chunk]:
         finished: set[int] = set()
-        run: _Run | None = None
         try:
-            async for data, more in iter_sse(content):
-                if data == b"[DONE]":
-                    break
-                try:
-                    event = self._parse(data)
-                except UpstreamError:
-                    if run is not None:  # what came before the failure still reaches the client
-                        yield run.chunk(buffered=False)
-                    raise
-                frame = b"data: " + (self._rename(data) if self._rename else data) + b"\n\n"
-                simple = self._simple(event)
-                if simple is None:
-                    if run is not None:
-                        yield run.chunk(buffered=True)
-                        run = None
-                    for chunk in self._event_chunks(event, more, frame):
-                        if chunk.finish_reason:
-                            finished.add(chunk.index)
-                        yield chunk
-                    continue
-                index, text, role, finish = simple
-                if run is not None and run.index != index:
-                    yield run.chunk(buffered=True)
-                    run = None
-                if run is None:
-                    run = _Run(index, role)
-                run.texts.append(text)
-                run.frames.append(frame)
-                run.finish = finish
-                if finish is not None or not more:
-                    if finish is not None:
-                        finished.add(index)
-                    yield run.chunk(buffered=more)
-                    run = None
+            async for datas in iter_sse_blocks(content):
+                out, stop = self._read(datas)
+                for chunk in out:
+                    if chunk.finish_reason is not None:
+                        finished.add(chunk.index)
+                    yield chunk
+                if stop is not None:
+                    if isinstance(stop, _Done):
+                        break
+                    raise stop
         except TruncatedEvent as exc:
-            if run is not None:
-                yield run.chunk(buffered=False)
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            if run is not None:
-                yield run.chunk(buffered=False)
             raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
-        if run is not None:
-            yield run.chunk(buffered=False)
         if len(finished) < self._n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
+
+    def _read(self, datas: list[bytes]) -> tuple[list[Chunk], Exception | None]:
+        """The chunks of one socket read (all ``buffered`` but the last), and what
+        ends the stream after them: ``_Done``, an upstream error, or None.  What came
+        before a failure still reaches the client."""
+        out: list[Chunk] = []
+        run: _Run | None = None
+        stop: Exception | None = None
+        for data in datas:
+            if data == b"[DONE]":
+                stop = _Done()
+                break
+            try:
+                event = self._parse(data)
+            except UpstreamError as exc:
+                stop = exc
+                break
+            simple = self._simple(event)
+            if simple is None:
+                if run is not None:
+                    out.append(self._run_chunk(run))
+                    run = None
+                out.extend(self._event_chunks(event, data))
+                continue
+            index, text, role, finish = simple
+            if run is not None and run.index != index:
+                out.append(self._run_chunk(run))
+                run = None
+            if run is None:
+                run = _Run(index, role)
+            run.texts.append(text)
+            run.datas.append(data)
+            if finish is not None:
+                run.finish = finish
+                out.append(self._run_chunk(run))
+                run = None
+        if run is not None:
+            out.append(self._run_chunk(run))
+        if out:
+            out[-1] = dataclasses.replace(out[-1], buffered=False)
+        return out, stop
+
+    def _frames(self, datas: list[bytes]) -> bytes:
+        """The events as SSE bytes (model renamed): one join, one rename."""
+        raw = b"data: " + (datas[0] if len(datas) == 1 else b"\n\ndata: ".join(datas)) + b"\n\n"
+        return self._rename(raw) if self._rename else raw
+
+    def _run_chunk(self, run: _Run) -> Chunk:
+        return Chunk(
+            index=run.index,
+            text=run.texts[0] if len(run.texts) == 1 else "".join(run.texts),
+            role=run.role,
+            finish_reason=run.finish,
+            buffered=True,
+            raw=self._frames(run.datas),
+        )
 
     def _parse(self, data: bytes) -> dict[str, Any]:
         try:
@@ -150,12 +170,12 @@ class EventStream:
             return None
         return index, text, role, finish_of(c.get("finish_reason"))
 
-    def _event_chunks(self, event: Mapping[str, Any], more: bool, frame: bytes) -> list[Chunk]:
+    def _event_chunks(self, event: Mapping[str, Any], data: bytes) -> list[Chunk]:
         """Any other event: one chunk per choice (the first carries the event's bytes),
-        plus one for usage; all but the last are ``buffered``."""
+        plus one for usage."""
         choices = event.get("choices") or ()
         usage = usage_of(event.get("usage"))
-        last = len(choices) - (0 if usage is not None else 1)
+        frame = self._frames([data])
         out = []
         for pos, c in enumerate(choices):
             if type(c) is not dict:
@@ -173,10 +193,10 @@ class EventStream:
                     finish_reason=finish_of(c.get("finish_reason")),
                     tool_calls=tuple(tool_calls) if tool_calls else (),
                     logprobs=logprobs if self._chat and type(logprobs) is dict else None,
-                    buffered=more or pos < last,
+                    buffered=True,
                     raw=frame if pos == 0 else b"",
                 )
             )
         if usage is not None:
-            out.append(Chunk(usage=usage, buffered=more, raw=b"" if choices else frame))
+            out.append(Chunk(usage=usage, buffered=True, raw=b"" if choices else frame))
         return out
