@@ -13,7 +13,7 @@ from aiohttp import web
 
 from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
-from modelgate.api.middleware import State, gateway_middleware
+from modelgate.api.middleware import STATE, State, gateway_middleware
 from modelgate.backends.base import BackendContext
 from modelgate.config import Config
 from modelgate.metrics import Metrics
@@ -22,7 +22,6 @@ from modelgate.router.router import Router
 log = logging.getLogger("modelgate.app")
 
 ROUTER = web.AppKey("router", Router)
-STATE = web.AppKey("state", State)
 SERVICES = web.AppKey("services", object)
 
 

@@ -59,6 +59,9 @@ class State:
     started: float = field(default_factory=time.time)
 
 
+STATE = web.AppKey("state", State)
+
+
 def _scope(path: str) -> Scope:
     if path.startswith("/admin/") or path == "/admin":
         return "admin"
@@ -86,9 +89,7 @@ def _translate_http(exc: web.HTTPException) -> ModelGateError:
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    from modelgate.api.app import STATE
-
-    state: State = request.app[STATE]
+    state = request.app[STATE]
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
     rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()

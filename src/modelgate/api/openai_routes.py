@@ -9,7 +9,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import INFO, State
+from modelgate.api.middleware import INFO, STATE, State
 from modelgate.api.streaming import stream_sse
 from modelgate.errors import (
     InvalidRequest,
@@ -19,15 +19,13 @@ from modelgate.errors import (
     UnsupportedMediaType,
 )
 from modelgate.router.router import Router
-from modelgate.types import Chunk, Usage
+from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import convert, render
 
 _JSON_TYPES = frozenset({"application/json", ""})
 
 
 def _state(request: web.Request) -> State:
-    from modelgate.api.app import STATE
-
     return request.app[STATE]
 
 
@@ -88,25 +86,19 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         req = convert.completion_request(body, model, limits, rid)
     router.check(req)
     out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
-    gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
     metrics = state.metrics
     in_flight = metrics.child(metrics.in_flight, model.id)
     in_flight.inc()
     started = time.perf_counter()
     try:
-        first = await anext(gen, None)
-        info.ttft_ms = round((time.perf_counter() - started) * 1000, 2)
-        metrics.child(metrics.ttft, model.id).observe(time.perf_counter() - started)
         if req.stream:
-            resp = await stream_sse(
-                request, req, gen, first, render.ChunkRenderer(req, out_id, body["model"])
-            )
-            _count_tokens(state, model.id, info.usage)
-            return resp
+            return await _stream(request, state, req, router, out_id, body["model"], started)
+        chunks = await router.complete(req)
+        elapsed = time.perf_counter() - started
+        info.ttft_ms = round(elapsed * 1000, 2)
+        metrics.child(metrics.ttft, model.id).observe(elapsed)
         agg = render.Aggregator()
-        if first is not None:
-            agg.add(first)
-        async for chunk in gen:
+        for chunk in chunks:
             agg.add(chunk)
         info.usage = agg.usage
         _count_tokens(state, model.id, agg.usage)
@@ -119,6 +111,29 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(data), content_type="application/json")
     finally:
         in_flight.dec()
+
+
+async def _stream(
+    request: web.Request,
+    state: State,
+    req: GenerationRequest,
+    router: Router,
+    out_id: str,
+    client_model: str,
+    started: float,
+) -> web.StreamResponse:
+    info = request[INFO]
+    metrics = state.metrics
+    gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
+    try:
+        first = await anext(gen, None)
+        elapsed = time.perf_counter() - started
+        info.ttft_ms = round(elapsed * 1000, 2)
+        metrics.child(metrics.ttft, req.model).observe(elapsed)
+        resp = await stream_sse(request, req, gen, first, render.ChunkRenderer(req, out_id, client_model))
+        _count_tokens(state, req.model, info.usage)
+        return resp
+    finally:
         await gen.aclose()
 
 

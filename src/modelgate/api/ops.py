@@ -7,12 +7,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import State
+from modelgate.api.middleware import STATE, State
 
 
 def _state(request: web.Request) -> State:
-    from modelgate.api.app import STATE
-
     return request.app[STATE]
 
 

@@ -16,6 +16,12 @@ MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
 _ERROR_BODY = 65536  # how much of an error answer is read to explain it
 
 
+def client_timeout(connect_s: float) -> aiohttp.ClientTimeout:
+    """Bounds the TCP connect only; what follows is bounded by the router's timeouts.
+    (No ``connect`` timeout: aiohttp arms it on every request, pooled connection or not.)"""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
+
+
 async def post(
     session: aiohttp.ClientSession,
     url: str,

@@ -39,7 +39,7 @@ class OpenAIBackend:
         if endpoint.api_key_env:
             self._headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
         t = model.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=t.connect_s)
+        self._timeout = http.client_timeout(t.connect_s)
 
     def check(self, request: GenerationRequest) -> None:
         for msg in request.messages:

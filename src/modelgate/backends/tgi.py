@@ -65,7 +65,7 @@ class TGIBackend:
         self._http = ctx.http
         self._own_http: aiohttp.ClientSession | None = None
         t = model.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s)
+        self._timeout = http.client_timeout(t.connect_s)
         self._info: dict[str, Any] | None = None
         self._tok_dir = self._tokenizer_dir()
         self._template: ChatTemplate | None = None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
 
 from modelgate.backends.base import BackendContext, BackendFactory
 from modelgate.backends.registry import backend_factory
@@ -26,9 +27,11 @@ from modelgate.router.events import RouterEvents
 from modelgate.router.health import HealthChecker
 from modelgate.router.outlier import OutlierDetector
 from modelgate.router.queue import AdmissionQueue
-from modelgate.router.streams import honest
+from modelgate.router.streams import honest, whole
 from modelgate.router.timeouts import with_timeouts
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
+
+T = TypeVar("T")
 
 
 class EndpointPool:
@@ -130,6 +133,10 @@ class EndpointPool:
     # --- calls ----------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not request.stream:
+            for chunk in await self.complete(request):
+                yield chunk
+            return
         self._budget.request()
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -145,10 +152,7 @@ class EndpointPool:
             started = time.monotonic()
             try:
                 stream = with_timeouts(
-                    honest(ep.backend.generate(request), where=ep.url),
-                    self.model.timeouts,
-                    streaming=request.stream,
-                    where=ep.url,
+                    honest(ep.backend.generate(request), where=ep.url), self.model.timeouts, where=ep.url
                 )
                 async for chunk in stream:
                     if not sent:
@@ -171,6 +175,16 @@ class EndpointPool:
         assert last is not None
         raise last
 
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        """A whole (non-streamed) answer: plain awaits under one total deadline, no
+        per-chunk machinery; failover as for streams (nothing was sent yet)."""
+
+        async def call(ep: Endpoint) -> list[Chunk]:
+            async with aclosing(ep.backend.generate(request)) as it:  # type: ignore[type-var]
+                return whole([chunk async for chunk in it], where=ep.url)
+
+        return await self._call(call)
+
     def _failed(self, ep: Endpoint, exc: UpstreamError) -> None:
         self._outlier.failure(ep, exc)
         self._events.attempt(self.model.id, ep.url, exc.code or type(exc).__name__)
@@ -178,6 +192,10 @@ class EndpointPool:
             self._queue.notify_all()  # waiters may now need to fail fast or go elsewhere
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        return await self._call(lambda ep: ep.backend.embed(request))
+
+    async def _call(self, call: Callable[[Endpoint], Awaitable[T]]) -> T:
+        """One awaited call with failover, each attempt bounded by the total timeout."""
         self._budget.request()
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -192,11 +210,14 @@ class EndpointPool:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.model.timeouts.total_s):
-                    result = await ep.backend.embed(request)
+                    result = await call(ep)
             except TimeoutError:
                 exc: UpstreamError = _timeout(ep.url)
             except UpstreamError as err:
                 exc = err
+            except asyncio.CancelledError:
+                self._events.attempt(self.model.id, ep.url, "cancelled")
+                raise
             else:
                 self._outlier.success(ep, time.monotonic() - started)
                 self._events.attempt(self.model.id, ep.url, "ok")

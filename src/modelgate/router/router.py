@@ -2,6 +2,7 @@
 
 Contract with ``api``:
 - ``resolve(name)`` returns the ModelConfig or raises ModelNotFound.
+- ``complete(request)`` returns a whole answer's chunks (non-streaming).
 - ``generate(request)`` is an async iterator of Chunks.  Any error raised before
   the first chunk means nothing reached the client, so the api can still answer
   with a proper HTTP status.  The first chunk yielded always carries content (the
@@ -93,6 +94,10 @@ class Router:
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         # the pool's own iterator, not a re-yielding wrapper: one generator hop less per chunk
         return self._pool(request.model).generate(request)
+
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        """A whole (non-streamed) answer's chunks."""
+        return await self._pool(request.model).complete(request)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         return await self._pool(request.model).embed(request)

@@ -7,6 +7,8 @@
 - a stream that ends before every choice it opened has a ``finish_reason`` (or
   that yields nothing at all) is an ``UpstreamDisconnected``: a finish reason is
   never invented.
+
+``whole`` checks the same of a whole (non-streamed) answer.
 """
 
 from __future__ import annotations
@@ -45,3 +47,11 @@ async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[C
             yield chunk
     if not finished or open_choices - finished:
         raise UpstreamDisconnected(f"{where}: the stream ended before a finish reason")
+
+
+def whole(chunks: list[Chunk], *, where: str) -> list[Chunk]:
+    """A whole answer's chunks, once every choice with content has a finish reason."""
+    finished = {c.index for c in chunks if c.finish_reason is not None}
+    if not finished or any(c.index not in finished for c in chunks if c.has_content):
+        raise UpstreamDisconnected(f"{where}: the answer ended before a finish reason")
+    return chunks

@@ -2,10 +2,10 @@
 
 ``first_token_s`` bounds the wait for the first chunk with content, ``idle_s`` the
 gap between chunks after it, ``total_s`` the whole answer.  A non-streaming
-request has no tokens to watch, so only ``total_s`` applies to it.  ``connect_s``
-is the backend's own (its HTTP client's connect timeout).  On expiry the upstream
-stream is closed, which cancels the upstream HTTP request, and ``UpstreamTimeout``
-(504) is raised.
+request has no tokens to watch: the pool bounds it with ``total_s`` alone
+(``EndpointPool.complete``).  ``connect_s`` is the backend's own (its HTTP
+client's connect timeout).  On expiry the upstream stream is closed, which
+cancels the upstream HTTP request, and ``UpstreamTimeout`` (504) is raised.
 """
 
 from __future__ import annotations
@@ -20,22 +20,12 @@ from modelgate.types import Chunk
 
 
 async def with_timeouts(
-    stream: AsyncIterator[Chunk], limits: TimeoutsConfig, *, streaming: bool, where: str
+    stream: AsyncIterator[Chunk], limits: TimeoutsConfig, *, where: str
 ) -> AsyncIterator[Chunk]:
     loop = asyncio.get_running_loop()
     end = loop.time() + limits.total_s
     started = False
     async with aclosing(stream) as it:  # type: ignore[type-var]
-        if not streaming:
-            # a whole answer: one deadline around all of it, then hand the chunks out
-            try:
-                async with asyncio.timeout_at(end):
-                    chunks = [chunk async for chunk in it]
-            except TimeoutError:
-                raise UpstreamTimeout(f"{where}: no answer within the total timeout") from None
-            for chunk in chunks:
-                yield chunk
-            return
         ready = False  # the previous chunk said the next one is already buffered
         while True:
             if ready:  # no network wait ahead: no timer to arm and disarm
