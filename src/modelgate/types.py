@@ -104,8 +104,9 @@ class Chunk:
     usage: Usage | None = None
     # Token ids behind ``text`` (local engine / TGI), for TGI-shaped answers.
     token_ids: tuple[int, ...] = ()
-    # Another chunk is already buffered behind this one: a writer may coalesce
-    # instead of flushing now.  Only a hint; never a reason to wait.
+    # What follows this chunk (another chunk, or the end of the stream) is already
+    # here: a writer may coalesce instead of flushing now.  Only a hint; never a
+    # reason to wait.
     buffered: bool = False
     # The upstream's own OpenAI SSE bytes (whole ``data: ...`` events, model already
     # renamed), forwarded as is: no re-rendering when no translation is needed.
@@ -115,6 +116,22 @@ class Chunk:
     @property
     def has_content(self) -> bool:
         return bool(self.text or self.tool_calls or self.finish_reason or self.logprobs)
+
+    def with_buffered(self, buffered: bool) -> Chunk:
+        """A copy with another ``buffered`` hint (``dataclasses.replace`` is slow on
+        the per-chunk path)."""
+        return Chunk(
+            index=self.index,
+            text=self.text,
+            role=self.role,
+            finish_reason=self.finish_reason,
+            tool_calls=self.tool_calls,
+            logprobs=self.logprobs,
+            usage=self.usage,
+            token_ids=self.token_ids,
+            buffered=buffered,
+            raw=self.raw,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,12 @@ SSE_HEADERS = {
 }
 
 
+class _SSEResponse(web.StreamResponse):
+    # Headers go out with the first events instead of in a write of their own:
+    # prepare() runs only once the first content chunk is here, so nothing waits.
+    _send_headers_immediately = False
+
+
 def _event(body: object) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
@@ -39,7 +45,7 @@ async def stream_sse(
     first: Chunk | None,
     renderer: ChunkRenderer,
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request[INFO].rid})
+    resp = _SSEResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request[INFO].rid})
     await resp.prepare(request)
     usage = None
     pending: list[bytes] = []  # events already rendered, written together (see Chunk.buffered)
@@ -69,6 +75,5 @@ async def stream_sse(
         return resp
     request[INFO].usage = usage
     pending.append(b"data: [DONE]\n\n")
-    await resp.write(b"".join(pending))
-    await resp.write_eof()
+    await resp.write_eof(b"".join(pending))  # the rest, [DONE] and the end: one write
     return resp

@@ -10,7 +10,6 @@ waits for more: a run ends with the read it came in.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -82,8 +81,8 @@ class EventStream:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
     def _read(self, datas: list[bytes]) -> tuple[list[Chunk], Exception | None]:
-        """The chunks of one socket read (all ``buffered`` but the last), and what
-        ends the stream after them: ``_Done``, an upstream error, or None.  What came
+        """The chunks of one socket read (all ``buffered`` but the last, which is too
+        when ``[DONE]`` came in the same read), and what ends the stream after them: ``_Done``, an upstream error, or None.  What came
         before a failure still reaches the client."""
         out: list[Chunk] = []
         run: _Run | None = None
@@ -116,10 +115,12 @@ class EventStream:
                 run.finish = finish
                 out.append(self._run_chunk(run))
                 run = None
+        # the last chunk is flushed, unless the end of the stream came in this read too
+        buffered = isinstance(stop, _Done)
         if run is not None:
-            out.append(self._run_chunk(run))
-        if out:
-            out[-1] = dataclasses.replace(out[-1], buffered=False)
+            out.append(self._run_chunk(run, buffered=buffered))
+        elif out and not buffered:
+            out[-1] = out[-1].with_buffered(False)
         return out, stop
 
     def _frames(self, datas: list[bytes]) -> bytes:
@@ -127,13 +128,13 @@ class EventStream:
         raw = b"data: " + (datas[0] if len(datas) == 1 else b"\n\ndata: ".join(datas)) + b"\n\n"
         return self._rename(raw) if self._rename else raw
 
-    def _run_chunk(self, run: _Run) -> Chunk:
+    def _run_chunk(self, run: _Run, buffered: bool = True) -> Chunk:
         return Chunk(
             index=run.index,
             text=run.texts[0] if len(run.texts) == 1 else "".join(run.texts),
             role=run.role,
             finish_reason=run.finish,
-            buffered=True,
+            buffered=buffered,
             raw=self._frames(run.datas),
         )
 

@@ -35,7 +35,7 @@ async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[C
             if held is not None:
                 if held.raw is not None:
                     # an upstream event forwarded as is: release it, now that content came
-                    yield dataclasses.replace(held, buffered=True)
+                    yield held.with_buffered(True)
                 elif held.role and not chunk.role and held.index == chunk.index:
                     chunk = dataclasses.replace(chunk, role=held.role)
                 held = None
