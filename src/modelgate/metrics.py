@@ -6,13 +6,96 @@ depth, per-endpoint attempts): the router calls these methods, never prometheus.
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LIFECYCLE_STATES = ("starting", "ready", "degraded", "restarting", "failed", "stopped")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _Value:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Buckets:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+
+class HotMetric:
+    """A metric updated on every request: plain numbers per label set, turned into
+    Prometheus families only when scraped (prometheus_client's own metrics take a
+    lock and walk the buckets on every update).  Event-loop thread only."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
+        kind: Literal["counter", "gauge", "histogram"],
+        buckets: Sequence[float] = (),
+    ) -> None:
+        self._name = name
+        self._doc = doc
+        self._labels = list(labels)
+        self._kind = kind
+        self._bounds = tuple(buckets)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = _Buckets(self._bounds) if self._kind == "histogram" else _Value()
+            self._children[values] = child
+        return child
+
+    def family(self) -> Metric:
+        fam: Any
+        if self._kind == "histogram":
+            fam = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
+            for values, h in self._children.items():
+                running, buckets = 0, []
+                for bound, n in zip((*self._bounds, float("inf")), h.counts, strict=True):
+                    running += n
+                    buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+                fam.add_metric(list(values), buckets, h.sum)
+            return fam
+        cls = CounterMetricFamily if self._kind == "counter" else GaugeMetricFamily
+        fam = cls(self._name, self._doc, labels=self._labels)
+        for values, v in self._children.items():
+            fam.add_metric(list(values), v.value)
+        return fam
+
+
+class _HotCollector:
+    def __init__(self, metrics: Sequence[HotMetric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self._metrics:
+            yield m.family()
 
 
 class Metrics:
@@ -20,27 +103,32 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "modelgate_requests", "Client requests", ["model", "route", "status"], registry=r
+        self.requests = HotMetric(
+            "modelgate_requests", "Client requests", ["model", "route", "status"], "counter"
         )
-        self.latency = Histogram(
+        self.latency = HotMetric(
             "modelgate_request_duration_seconds",
             "Request latency",
             ["model", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "histogram",
+            LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = HotMetric(
             "modelgate_time_to_first_token_seconds",
             "Time to first token",
             ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "histogram",
+            LATENCY_BUCKETS,
         )
-        self.in_flight = Gauge("modelgate_in_flight_requests", "Requests in flight", ["model"], registry=r)
-        self.tokens = Counter("modelgate_tokens", "Tokens processed", ["model", "kind"], registry=r)
-        self.attempts = Counter(
-            "modelgate_upstream_attempts", "Upstream attempts", ["model", "endpoint", "outcome"], registry=r
+        self.in_flight = HotMetric("modelgate_in_flight_requests", "Requests in flight", ["model"], "gauge")
+        self.tokens = HotMetric("modelgate_tokens", "Tokens processed", ["model", "kind"], "counter")
+        self.attempts = HotMetric(
+            "modelgate_upstream_attempts", "Upstream attempts", ["model", "endpoint", "outcome"], "counter"
+        )
+        r.register(
+            _HotCollector(
+                [self.requests, self.latency, self.ttft, self.in_flight, self.tokens, self.attempts]
+            )
         )
         self.state_changes = Counter(
             "modelgate_endpoint_state_changes",

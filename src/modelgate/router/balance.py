@@ -40,8 +40,11 @@ class Balancer:
 
     def quick(self, endpoints: Sequence[Endpoint], ok: Callable[[Endpoint], bool]) -> Endpoint | None:
         """p2c without scanning the pool: two endpoints at random, and when both are
-        free the lighter one; None means "scan" (also for the other modes)."""
-        if self._mode != "p2c" or len(endpoints) < 2:
+        free the lighter one; a lone endpoint when it is free; None means "scan"
+        (also for the other modes)."""
+        if len(endpoints) == 1:
+            return endpoints[0] if ok(endpoints[0]) else None
+        if self._mode != "p2c" or not endpoints:
             return None
         a, b = self._rng.sample(endpoints, 2)
         return self._lighter(a, b) if ok(a) and ok(b) else None

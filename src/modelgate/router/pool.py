@@ -13,7 +13,6 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from typing import Any, TypeVar
 
 from modelgate.backends.base import BackendContext, BackendFactory
@@ -180,8 +179,11 @@ class EndpointPool:
         per-chunk machinery; failover as for streams (nothing was sent yet)."""
 
         async def call(ep: Endpoint) -> list[Chunk]:
-            async with aclosing(ep.backend.generate(request)) as it:  # type: ignore[type-var]
-                return whole([chunk async for chunk in it], where=ep.url)
+            gen = ep.backend.generate(request)
+            try:
+                return whole([chunk async for chunk in gen], where=ep.url)
+            finally:
+                await gen.aclose()  # type: ignore[attr-defined]
 
         return await self._call(call)
 
