@@ -49,8 +49,11 @@ class KeyStore:
     """Digests of the configured keys and what each may do."""
 
     def __init__(self, config: Config) -> None:
-        self._pepper = secrets.token_bytes(32)
-        self._keys: dict[bytes, Principal] = {}
+        # keyed once; each lookup copies the keyed state (cheaper than a fresh HMAC)
+        self._mac = hmac.new(secrets.token_bytes(32), digestmod=hashlib.sha256)
+        # digest prefix -> (full digest, principal): found by the prefix, then the whole
+        # digest compared in constant time
+        self._keys: dict[bytes, list[tuple[bytes, Principal]]] = {}
         auth: AuthConfig = config.auth
         self.enabled = auth.configured
         self._failures: dict[str, list[float]] = {}
@@ -60,12 +63,15 @@ class KeyStore:
             raise ConfigError(f"{config.source}: auth is configured but no key could be loaded")
 
     def _digest(self, key: str) -> bytes:
-        return hmac.digest(self._pepper, key.encode("utf-8"), hashlib.sha256)  # one-shot, in C
+        mac = self._mac.copy()
+        mac.update(key.encode("utf-8"))
+        return mac.digest()
 
     def _add(self, key: str, principal: Principal, source: str) -> None:
         if len(key) < 16:
             raise ConfigError(f"{source}: API key {principal.name!r} is shorter than 16 characters")
-        self._keys[self._digest(key)] = principal
+        digest = self._digest(key)
+        self._keys.setdefault(digest[:8], []).append((digest, principal))
 
     def _load(
         self, config: Config, entries: Iterable[KeyEntry], file: str | None, env: str | None, *, admin: bool
@@ -93,14 +99,7 @@ class KeyStore:
         token = None
         if header and header[:7].lower() == "bearer ":
             token = header[7:].strip()
-        principal = None
-        if token:
-            digest = self._digest(token)
-            found = self._keys.get(digest)
-            # the dict lookup found a candidate by digest; confirm in constant time
-            for known in (digest,) if found else ():
-                if hmac.compare_digest(known, digest):
-                    principal = found
+        principal = self._lookup(token) if token else None
         if principal is None:
             self._fail(client)
             raise AuthenticationFailed("Incorrect API key provided." if token else "Missing API key.")
@@ -109,6 +108,13 @@ class KeyStore:
         if scope == "inference" and principal.admin:
             raise PermissionDenied("Admin keys may not be used for inference; use an API key.")
         return principal
+
+    def _lookup(self, token: str) -> Principal | None:
+        digest = self._digest(token)
+        for known, principal in self._keys.get(digest[:8], ()):
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
 
     def _throttle(self, client: str) -> None:
         times = self._failures.get(client)

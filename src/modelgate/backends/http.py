@@ -50,6 +50,8 @@ async def post(
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, where: str) -> bytes:
     """The whole body, to EOF (``content.read(n)`` returns what has arrived so far),
     refusing more than ``limit`` bytes without buffering them."""
+    if resp.content_length is not None and resp.content_length <= limit:
+        return await resp.read()  # the length is known and allowed: one read to its end
     parts: list[bytes] = []
     size = 0
     async for block in resp.content.iter_any():
