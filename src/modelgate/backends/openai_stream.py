@@ -81,20 +81,25 @@ class EventStream:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
     def _read(self, datas: list[bytes]) -> tuple[list[Chunk], Exception | None]:
-        """The chunks of one socket read (all ``buffered`` but the last, which is too
-        when ``[DONE]`` came in the same read), and what ends the stream after them: ``_Done``, an upstream error, or None.  What came
-        before a failure still reaches the client."""
+        """The chunks of one socket read and what ends the stream after them
+        (``_Done``, an upstream error, or None).  All chunks are ``buffered`` but the
+        last, which is too when ``[DONE]`` came in the same read.  What came before a
+        failure still reaches the client."""
         out: list[Chunk] = []
         run: _Run | None = None
         stop: Exception | None = None
-        for data in datas:
-            if data == b"[DONE]":
-                stop = _Done()
-                break
-            try:
-                event = self._parse(data)
-            except UpstreamError as exc:
-                stop = exc
+        if b"[DONE]" in datas:
+            datas = datas[: datas.index(b"[DONE]")]
+            stop = _Done()
+        for data, event in zip(datas, self._parse_all(datas), strict=True):
+            if event is None:
+                try:
+                    event = self._parse(data)
+                except UpstreamError as exc:
+                    stop = exc
+                    break
+            elif "error" in event:
+                stop = error_from_event(event, where=self._where)
                 break
             simple = self._simple(event)
             if simple is None:
@@ -137,6 +142,17 @@ class EventStream:
             buffered=buffered,
             raw=self._frames(run.datas),
         )
+
+    def _parse_all(self, datas: list[bytes]) -> list[Any]:
+        """The events of one read parsed in one call, or Nones where it must go one by
+        one (something in the read is not one JSON object per event)."""
+        try:
+            events = orjson.loads(b"[" + b",".join(datas) + b"]")
+        except orjson.JSONDecodeError:
+            events = None
+        if events is None or len(events) != len(datas) or any(type(e) is not dict for e in events):
+            return [None] * len(datas)
+        return events  # type: ignore[no-any-return]
 
     def _parse(self, data: bytes) -> dict[str, Any]:
         try:

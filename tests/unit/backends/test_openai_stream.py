@@ -72,3 +72,23 @@ async def test_content_before_a_failure_still_comes_out_then_the_error() -> None
         await run(ev({"content": "a"}) + b'data: {"choi')
     with pytest.raises(UpstreamDisconnected, match="before a finish reason"):
         await run(ev({"content": "a"}) + b"data: [DONE]\n\n")
+
+
+async def test_a_read_parsed_whole_never_shifts_events() -> None:
+    # one event holding two JSON values would shift every later event in a one-call
+    # parse of the read: it must be found and refused as malformed instead
+    got = []
+    with pytest.raises(UpstreamError, match="malformed stream event"):
+        async for c in EventStream(where="up", chat=True, n=1, rename=None).chunks(
+            Reads(ev({"content": "a"}) + b'data: {"x": 1},{"y": 2}\n\n' + ev({}, "stop"))
+        ):
+            got.append(c)
+    assert [c.text for c in got] == ["a"]
+    with pytest.raises(UpstreamError, match="malformed stream event"):
+        await run(ev({"content": "a"}) + b"data: [1]\n\n" + ev({}, "stop"))
+
+
+async def test_done_ends_the_stream_and_the_last_chunk_says_the_end_is_here() -> None:
+    chunks = await run(ev({"content": "a"}) + ev({}, "stop") + b"data: [DONE]\n\n" + ev({"content": "late"}))
+    assert [(c.text, c.finish_reason) for c in chunks] == [("a", "stop")]
+    assert chunks[-1].buffered  # nothing to wait for: a writer may join it with the end
