@@ -70,6 +70,22 @@ async def test_stream_without_finish_reason_is_a_disconnect_never_stop(make_pool
     assert [c.finish_reason for c in got] == [None]
 
 
+async def test_whole_answer_without_finish_reason_fails_over_then_is_a_disconnect(make_pool):
+    async def no_finish() -> AsyncIterator[Chunk]:
+        yield Chunk(text="abc")
+
+    pool, (a, b), _ = await make_pool(2)
+    a.script = [no_finish]
+    pool.endpoints[1].in_flight = 1  # so that the first pick is the one without a finish
+    chunks = await pool.complete(request(stream=False))
+    pool.endpoints[1].in_flight = 0
+    assert text(chunks) == "hi" and chunks[-1].finish_reason == "stop"  # nothing was sent: failed over
+    assert (a.calls, b.calls) == (1, 1)
+    a.script = b.script = [no_finish]
+    with pytest.raises(UpstreamDisconnected, match="before a finish reason"):
+        await pool.complete(request(stream=False))
+
+
 async def test_rejected_request_is_not_failed_over_nor_penalized(make_pool):
     pool, (a, b), _ = await make_pool(2, health={"consecutive_failures": 1})
     a.script = b.script = [raising(UpstreamRejected("bad param", upstream_status=422))]
