@@ -9,7 +9,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import INFO, STATE, State
+from modelgate.api.middleware import INFO, STATE, RequestInfo, State
 from modelgate.api.streaming import stream_sse
 from modelgate.errors import (
     InvalidRequest,
@@ -94,9 +94,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, state, req, router, out_id, body["model"], started)
         chunks = await router.complete(req)
-        elapsed = time.perf_counter() - started
-        info.ttft_ms = round(elapsed * 1000, 2)
-        metrics.child(metrics.ttft, model.id).observe(elapsed)
+        _first_token(state, info, model.id, started)
         agg = render.Aggregator()
         for chunk in chunks:
             agg.add(chunk)
@@ -123,18 +121,21 @@ async def _stream(
     started: float,
 ) -> web.StreamResponse:
     info = request[INFO]
-    metrics = state.metrics
     gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
     try:
         first = await anext(gen, None)
-        elapsed = time.perf_counter() - started
-        info.ttft_ms = round(elapsed * 1000, 2)
-        metrics.child(metrics.ttft, req.model).observe(elapsed)
+        _first_token(state, info, req.model, started)
         resp = await stream_sse(request, req, gen, first, render.ChunkRenderer(req, out_id, client_model))
         _count_tokens(state, req.model, info.usage)
         return resp
     finally:
         await gen.aclose()
+
+
+def _first_token(state: State, info: RequestInfo, model: str, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    info.ttft_ms = round(elapsed * 1000, 2)
+    state.metrics.child(state.metrics.ttft, model).observe(elapsed)
 
 
 def _count_tokens(state: State, model: str, usage: Usage | None) -> None:

@@ -49,10 +49,6 @@ class _Run:
         self.finish: Any = None
 
 
-class _Done(Exception):
-    """``[DONE]``: the upstream said the stream is over."""
-
-
 class EventStream:
     def __init__(self, *, where: str, chat: bool, n: int, rename: Callable[[bytes], bytes] | None) -> None:
         self._where = where
@@ -64,15 +60,15 @@ class EventStream:
         finished: set[int] = set()
         try:
             async for datas in iter_sse_blocks(content):
-                out, stop = self._read(datas)
+                out, done, error = self._read(datas)
                 for chunk in out:
                     if chunk.finish_reason is not None:
                         finished.add(chunk.index)
                     yield chunk
-                if stop is not None:
-                    if isinstance(stop, _Done):
-                        break
-                    raise stop
+                if error is not None:
+                    raise error
+                if done:
+                    break
         except TruncatedEvent as exc:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
@@ -80,26 +76,26 @@ class EventStream:
         if len(finished) < self._n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
-    def _read(self, datas: list[bytes]) -> tuple[list[Chunk], Exception | None]:
-        """The chunks of one socket read and what ends the stream after them
-        (``_Done``, an upstream error, or None).  All chunks are ``buffered`` but the
-        last, which is too when ``[DONE]`` came in the same read.  What came before a
-        failure still reaches the client."""
+    def _read(self, datas: list[bytes]) -> tuple[list[Chunk], bool, UpstreamError | None]:
+        """The chunks of one socket read, whether ``[DONE]`` came in it, and the
+        upstream error that ends the stream after them.  All chunks are ``buffered``
+        but the last, which is too when ``[DONE]`` came in the same read.  What came
+        before a failure still reaches the client."""
         out: list[Chunk] = []
         run: _Run | None = None
-        stop: Exception | None = None
-        if b"[DONE]" in datas:
+        error: UpstreamError | None = None
+        done = b"[DONE]" in datas
+        if done:
             datas = datas[: datas.index(b"[DONE]")]
-            stop = _Done()
-        for data, event in zip(datas, self._parse_all(datas), strict=True):
-            if event is None:
-                try:
-                    event = self._parse(data)
-                except UpstreamError as exc:
-                    stop = exc
-                    break
-            elif "error" in event:
-                stop = error_from_event(event, where=self._where)
+        events = self._parse_all(datas)
+        for i, data in enumerate(datas):
+            try:
+                event = events[i] if events is not None else self._parse(data)
+            except UpstreamError as exc:
+                error = exc
+                break
+            if "error" in event:
+                error = error_from_event(event, where=self._where)
                 break
             simple = self._simple(event)
             if simple is None:
@@ -121,12 +117,12 @@ class EventStream:
                 out.append(self._run_chunk(run))
                 run = None
         # the last chunk is flushed, unless the end of the stream came in this read too
-        buffered = isinstance(stop, _Done)
+        buffered = done and error is None
         if run is not None:
             out.append(self._run_chunk(run, buffered=buffered))
         elif out and not buffered:
             out[-1] = out[-1].with_buffered(False)
-        return out, stop
+        return out, done, error
 
     def _frames(self, datas: list[bytes]) -> bytes:
         """The events as SSE bytes (model renamed): one join, one rename."""
@@ -143,15 +139,15 @@ class EventStream:
             raw=self._frames(run.datas),
         )
 
-    def _parse_all(self, datas: list[bytes]) -> list[Any]:
-        """The events of one read parsed in one call, or Nones where it must go one by
+    def _parse_all(self, datas: list[bytes]) -> list[dict[str, Any]] | None:
+        """The events of one read parsed in one call; None when they must go one by
         one (something in the read is not one JSON object per event)."""
         try:
             events = orjson.loads(b"[" + b",".join(datas) + b"]")
         except orjson.JSONDecodeError:
-            events = None
-        if events is None or len(events) != len(datas) or any(type(e) is not dict for e in events):
-            return [None] * len(datas)
+            return None
+        if len(events) != len(datas) or any(type(e) is not dict for e in events):
+            return None
         return events  # type: ignore[no-any-return]
 
     def _parse(self, data: bytes) -> dict[str, Any]:
@@ -161,8 +157,6 @@ class EventStream:
             raise UpstreamError(f"{self._where} sent a malformed stream event") from exc
         if type(event) is not dict:
             raise UpstreamError(f"{self._where} sent a malformed stream event")
-        if "error" in event:
-            raise error_from_event(event, where=self._where)
         return event
 
     def _simple(self, event: dict[str, Any]) -> tuple[int, str, str | None, Any] | None:
