@@ -25,6 +25,9 @@ LABEL_MODEL = "modelgate.model"
 LABEL_ENDPOINT = "modelgate.endpoint"
 LABEL_RUN = "modelgate.run"
 
+_EXEC_WAIT_STEPS = 200  # x 5 ms: how long record() waits for a fresh exec's command line
+_EXEC_WAIT_STEP_S = 0.005
+
 
 def container_labels(instance: str, run_id: str, model_id: str, endpoint_url: str) -> dict[str, str]:
     return {LABEL_OWNER: instance, LABEL_RUN: run_id, LABEL_MODEL: model_id, LABEL_ENDPOINT: endpoint_url}
@@ -90,12 +93,24 @@ class ProcessRecords:
     def _path(self, pid: int, start_time: int) -> Path:
         return self.dir / f"{self.instance}-{pid}-{start_time}.json"
 
-    def record(
+    async def record(
         self, pid: int, argv: tuple[str, ...], *, run_id: str, model: str, endpoint: str
     ) -> ProcessRecord | None:
-        """Write the record of a just-launched process; None if it already vanished."""
+        """Write the record of a just-launched process; None if it vanished or never finished exec.
+
+        The parent learns that exec succeeded when the close-on-exec pipe closes, which the
+        kernel does before it lays out the new program's arguments: for a moment
+        ``/proc/<pid>/cmdline`` reads empty.  Wait that moment out (bounded) instead of
+        leaving the process unrecorded, and so unreapable after a crash of ours.
+        """
         start, digest = proc_start_time(pid), proc_cmdline_hash(pid)
+        for _ in range(_EXEC_WAIT_STEPS):
+            if start is None or digest is not None:
+                break
+            await asyncio.sleep(_EXEC_WAIT_STEP_S)
+            start, digest = proc_start_time(pid), proc_cmdline_hash(pid)
         if start is None or digest is None:
+            log.warning("supervisor: pid %d vanished or has no command line; not recorded", pid)
             return None
         rec = ProcessRecord(pid, start, digest, argv, self.instance, run_id, model, endpoint)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -78,7 +78,7 @@ class ProcessRunner:
                 f"{self._endpoint}: cannot execute {argv[0]!r}: {exc.strerror or exc}"
             ) from exc
         self._proc = proc
-        self._record = self._records.record(
+        self._record = await self._records.record(
             proc.pid, argv, run_id=self._run_id, model=self._model, endpoint=self._endpoint
         )
         self._reader = asyncio.create_task(self._read_output(proc), name=f"supervisor-log-{proc.pid}")

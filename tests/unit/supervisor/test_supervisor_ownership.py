@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
+from modelgate.supervisor import ownership
 from modelgate.supervisor.ownership import (
     ProcessRecords,
     container_labels,
@@ -44,7 +47,7 @@ async def test_record_roundtrip_and_forget(tmp_path: Path) -> None:
     records = ProcessRecords(tmp_path / "s", "gw")
     proc = await _sleeper()
     try:
-        rec = records.record(proc.pid, ("python",), run_id="r1", model="m", endpoint="e")
+        rec = await records.record(proc.pid, ("python",), run_id="r1", model="m", endpoint="e")
         assert rec is not None and rec.matches_live_process()
         assert records.load() == [rec]
         assert ProcessRecords(tmp_path / "s", "other").load() == []  # another instance's view
@@ -60,15 +63,15 @@ async def test_reap_kills_verified_orphans_only(tmp_path: Path) -> None:
     records = ProcessRecords(tmp_path, "gw")
     orphan, stranger, current = await _sleeper(), await _sleeper(), await _sleeper()
     try:
-        records.record(orphan.pid, ("a",), run_id="old", model="m", endpoint="e1")
-        forged = records.record(stranger.pid, ("b",), run_id="old", model="m", endpoint="e2")
+        await records.record(orphan.pid, ("a",), run_id="old", model="m", endpoint="e1")
+        forged = await records.record(stranger.pid, ("b",), run_id="old", model="m", endpoint="e2")
         assert forged is not None
         # the pid was recycled by someone else: its start time no longer matches the record
         path = tmp_path / f"gw-{stranger.pid}-{forged.start_time}.json"
         data = json.loads(path.read_text())
         data["start_time"] += 1
         path.write_text(json.dumps(data))
-        records.record(current.pid, ("c",), run_id="now", model="m", endpoint="e3")
+        await records.record(current.pid, ("c",), run_id="now", model="m", endpoint="e3")
         (tmp_path / "gw-garbage.json").write_text("{not json")
 
         killed = await reap_orphan_processes(records, "now", timeout_s=2.0)
@@ -94,10 +97,42 @@ async def test_reap_escalates_to_sigkill(tmp_path: Path) -> None:
     try:
         assert stubborn.stdout is not None
         await asyncio.wait_for(stubborn.stdout.readline(), 10)
-        records.record(stubborn.pid, ("s",), run_id="old", model="m", endpoint="e")
+        await records.record(stubborn.pid, ("s",), run_id="old", model="m", endpoint="e")
         assert await reap_orphan_processes(records, "now", timeout_s=0.3) == [stubborn.pid]
         assert await asyncio.wait_for(stubborn.wait(), 5) == -9
     finally:
         if stubborn.returncode is None:
             stubborn.kill()
             await stubborn.wait()
+
+
+async def test_record_waits_out_the_exec_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after exec, /proc/<pid>/cmdline reads empty for a moment (seen 2 in 300 launches
+    on a loaded 2-core machine): the record waits for it instead of leaving the process unrecorded."""
+    real = ownership.proc_cmdline_hash
+    calls: list[int] = []
+
+    def empty_at_first(pid: int) -> str | None:
+        calls.append(pid)
+        return None if len(calls) <= 3 else real(pid)
+
+    monkeypatch.setattr(ownership, "proc_cmdline_hash", empty_at_first)
+    records = ProcessRecords(tmp_path, "gw")
+    proc = await _sleeper()
+    try:
+        rec = await records.record(proc.pid, ("python",), run_id="r1", model="m", endpoint="e")
+        assert rec is not None and len(calls) == 4
+        assert records.load() == [rec]
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_record_of_a_vanished_process_is_none(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await proc.wait()
+    assert (
+        await ProcessRecords(tmp_path, "gw").record(proc.pid, ("p",), run_id="r", model="m", endpoint="e")
+        is None
+    )
+    assert ProcessRecords(tmp_path, "gw").load() == []
