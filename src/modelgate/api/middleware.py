@@ -36,6 +36,7 @@ class RequestInfo:
     """What a request learns on its way through (for logs and metrics)."""
 
     rid: str
+    state: State
     principal: Principal | None = None
     model: str = ""
     route: str = "other"
@@ -93,7 +94,7 @@ async def gateway_middleware(request: web.Request, handler: Any) -> web.StreamRe
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
     rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()
-    info = request[INFO] = RequestInfo(rid)
+    info = request[INFO] = RequestInfo(rid, state)
     path = request.path
     status = 500
     try:

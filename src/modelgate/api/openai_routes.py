@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -71,10 +72,10 @@ def _router(state: State) -> Router:
     return state.router
 
 
-async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
-    state = _state(request)
-    router = _router(state)
+async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
     info = request[INFO]
+    state = info.state
+    router = _router(state)
     info.route = kind
     body = await read_json(request, state.config.server.max_body_bytes)
     model = _model(state, request, body)
@@ -146,12 +147,9 @@ def _count_tokens(state: State, model: str, usage: Usage | None) -> None:
     m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, "chat")
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, "completion")
+# the handlers are ``_generate`` itself (a partial is not a coroutine frame of its own)
+chat_completions = functools.partial(_generate, kind="chat")
+completions = functools.partial(_generate, kind="completion")
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:

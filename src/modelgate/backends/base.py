@@ -8,6 +8,7 @@ Adding a backend is one file plus one line in ``registry.py``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,12 +39,21 @@ class Backend(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the answer.  Errors before the first chunk mean nothing was produced."""
 
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        """A whole (non-streamed) answer's chunks; ``collect(self.generate(r))`` will do."""
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
 
     async def probe(self) -> ProbeResult:
         """An active health probe; never a billed completion."""
 
     async def close(self) -> None: ...
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> list[Chunk]:
+    """Every chunk of a stream (closed when done or abandoned)."""
+    async with aclosing(stream) as it:  # type: ignore[type-var]
+        return [chunk async for chunk in it]
 
 
 class BackendFactory(Protocol):

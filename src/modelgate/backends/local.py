@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from modelgate.backends.base import BackendContext
+from modelgate.backends.base import BackendContext, collect
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.engine.runtime import LocalModel, load_local_model
 from modelgate.engine.sampling import SamplingConfig
@@ -107,6 +107,9 @@ class LocalBackend:
             )
         if request.kind == "chat" and self._local is not None:
             self._local.require_chat_template()
+
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        return await collect(self.generate(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.check(request)

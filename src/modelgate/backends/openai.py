@@ -8,7 +8,7 @@ arrive.  Upstream errors of every known shape are translated here, where they en
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,8 @@ from modelgate.errors import (
     UpstreamError,
 )
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
+
+_PATHS = {True: "/chat/completions", False: "/completions"}  # by "is it chat"
 
 
 class OpenAIBackend:
@@ -60,8 +62,8 @@ class OpenAIBackend:
             data["stream"] = False
         return orjson.dumps(data)
 
-    async def _post(self, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        return await http.post(
+    def _post(self, path: str, payload: bytes) -> Awaitable[aiohttp.ClientResponse]:
+        return http.post(
             self._http,
             self._url + path,
             payload,
@@ -78,13 +80,17 @@ class OpenAIBackend:
             raise error_from_event(data, where=self._where)
         return data
 
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        chat = request.kind == "chat"
+        resp = await self._post(_PATHS[chat], self._payload(request.body, False))
+        return self._whole(await self._read_json(resp), chat)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        path = "/chat/completions" if request.kind == "chat" else "/completions"
-        resp = await self._post(path, self._payload(request.body, request.stream))
         if not request.stream:
-            for chunk in self._whole(await self._read_json(resp), request.kind == "chat"):
+            for chunk in await self.complete(request):
                 yield chunk
             return
+        resp = await self._post(_PATHS[request.kind == "chat"], self._payload(request.body, True))
         try:
             rename = self._rename(str((request.body or {}).get("model") or self._model.id))
             events = EventStream(

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from modelgate.backends import http
-from modelgate.backends.base import BackendContext
+from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
 from modelgate.backends.sse import TruncatedEvent, iter_sse
 from modelgate.backends.tgi_native import (
@@ -146,6 +146,9 @@ class TGIBackend:
                 "non-text content needs protocol 'messages' for a TGI model", param="messages"
             )
         check_limits(request, self._info, None)
+
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        return await collect(self.generate(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         await self._prepare()

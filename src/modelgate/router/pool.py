@@ -27,7 +27,7 @@ from modelgate.router.health import HealthChecker
 from modelgate.router.outlier import OutlierDetector
 from modelgate.router.queue import AdmissionQueue
 from modelgate.router.streams import honest, whole
-from modelgate.router.timeouts import with_timeouts
+from modelgate.router.timeouts import Deadlines, with_timeouts
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
 T = TypeVar("T")
@@ -59,6 +59,7 @@ class EndpointPool:
         )
         self._health = HealthChecker(self.endpoints, health, on_change=self._queue.notify_all, rng=rng)
         self._health_cfg = health
+        self._deadlines = Deadlines(model.timeouts.total_s)
 
     async def start(self) -> None:
         factory = self._factory or backend_factory(self.model.backend)
@@ -75,6 +76,7 @@ class EndpointPool:
         )
 
     async def close(self) -> None:
+        self._deadlines.close()
         await self._health.close()
         for ep in self.endpoints:
             await ep.backend.close()
@@ -174,18 +176,10 @@ class EndpointPool:
         assert last is not None
         raise last
 
-    async def complete(self, request: GenerationRequest) -> list[Chunk]:
-        """A whole (non-streamed) answer: plain awaits under one total deadline, no
-        per-chunk machinery; failover as for streams (nothing was sent yet)."""
-
-        async def call(ep: Endpoint) -> list[Chunk]:
-            gen = ep.backend.generate(request)
-            try:
-                return whole([chunk async for chunk in gen], where=ep.url)
-            finally:
-                await gen.aclose()  # type: ignore[attr-defined]
-
-        return await self._call(call)
+    def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]:
+        """A whole (non-streamed) answer: the backend's ``complete`` under the total
+        deadline, no per-chunk machinery; failover as for streams (nothing was sent yet)."""
+        return self._call(lambda ep: ep.backend.complete(request), whole)
 
     def _failed(self, ep: Endpoint, exc: UpstreamError) -> None:
         self._outlier.failure(ep, exc)
@@ -193,11 +187,12 @@ class EndpointPool:
         if not ep.usable:
             self._queue.notify_all()  # waiters may now need to fail fast or go elsewhere
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        return await self._call(lambda ep: ep.backend.embed(request))
+    def embed(self, request: EmbeddingRequest) -> Awaitable[EmbeddingResult]:
+        return self._call(lambda ep: ep.backend.embed(request), _accept)
 
-    async def _call(self, call: Callable[[Endpoint], Awaitable[T]]) -> T:
-        """One awaited call with failover, each attempt bounded by the total timeout."""
+    async def _call(self, call: Callable[[Endpoint], Awaitable[T]], accept: Callable[[T, str], T]) -> T:
+        """One awaited call with failover, each attempt bounded by the total timeout;
+        ``accept(result, url)`` may still refuse a result (and so fail over)."""
         self._budget.request()
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -210,16 +205,19 @@ class EndpointPool:
                 raise
             tried.add(ep.url)
             started = time.monotonic()
+            key = self._deadlines.arm()
             try:
-                async with asyncio.timeout(self.model.timeouts.total_s):
-                    result = await call(ep)
-            except TimeoutError:
+                try:
+                    result = accept(await call(ep), ep.url)
+                finally:
+                    expired = self._deadlines.disarm(key)
+            except asyncio.CancelledError:
+                if not expired:  # not our deadline: the client went away
+                    self._events.attempt(self.model.id, ep.url, "cancelled")
+                    raise
                 exc: UpstreamError = _timeout(ep.url)
             except UpstreamError as err:
                 exc = err
-            except asyncio.CancelledError:
-                self._events.attempt(self.model.id, ep.url, "cancelled")
-                raise
             else:
                 self._outlier.success(ep, time.monotonic() - started)
                 self._events.attempt(self.model.id, ep.url, "ok")
@@ -248,6 +246,10 @@ class EndpointPool:
             "queue_depth": self._queue.depth,
             "endpoints": [e.snapshot() for e in self.endpoints],
         }
+
+
+def _accept(result: T, where: str) -> T:
+    return result
 
 
 def _timeout(url: str) -> UpstreamError:

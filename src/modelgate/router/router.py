@@ -14,7 +14,7 @@ Contract with ``api``:
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 from modelgate.backends.base import BackendContext
@@ -95,12 +95,12 @@ class Router:
         # the pool's own iterator, not a re-yielding wrapper: one generator hop less per chunk
         return self._pool(request.model).generate(request)
 
-    async def complete(self, request: GenerationRequest) -> list[Chunk]:
-        """A whole (non-streamed) answer's chunks."""
-        return await self._pool(request.model).complete(request)
+    def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]:
+        """A whole (non-streamed) answer's chunks (the pool's coroutine, not a wrapper)."""
+        return self._pool(request.model).complete(request)
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        return await self._pool(request.model).embed(request)
+    def embed(self, request: EmbeddingRequest) -> Awaitable[EmbeddingResult]:
+        return self._pool(request.model).embed(request)
 
     def readiness(self) -> dict[str, str | None]:
         """model id -> None when it has a usable endpoint, else the reason."""

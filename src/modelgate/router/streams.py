@@ -49,7 +49,7 @@ async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[C
         raise UpstreamDisconnected(f"{where}: the stream ended before a finish reason")
 
 
-def whole(chunks: list[Chunk], *, where: str) -> list[Chunk]:
+def whole(chunks: list[Chunk], where: str) -> list[Chunk]:
     """A whole answer's chunks, once every choice with content has a finish reason."""
     finished = {c.index for c in chunks if c.finish_reason is not None}
     if not finished or any(c.index not in finished for c in chunks if c.has_content):

@@ -6,13 +6,17 @@ request has no tokens to watch: the pool bounds it with ``total_s`` alone
 (``EndpointPool.complete``).  ``connect_s`` is the backend's own (its HTTP
 client's connect timeout).  On expiry the upstream stream is closed, which
 cancels the upstream HTTP request, and ``UpstreamTimeout`` (504) is raised.
+
+``Deadlines`` is the pool's ``total_s`` for awaited (non-streamed) calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 from modelgate.config import TimeoutsConfig
 from modelgate.errors import UpstreamTimeout
@@ -49,3 +53,62 @@ async def with_timeouts(
             ready = chunk.buffered
             started = started or chunk.has_content
             yield chunk
+
+
+class Deadlines:
+    """The total-time deadlines of one pool's awaited calls, with one loop timer for all.
+
+    Every call of a pool gets the same budget (``total_s``), so deadlines fall due in
+    the order they were armed: they wait in an insertion-ordered dict and a single
+    timer waits for the oldest one still there.  Arming and disarming are a dict write
+    each; ``asyncio.timeout`` costs a loop timer and a context manager per call (about
+    5 µs under uvloop, 2% of a gateway request).  On expiry the call's task is
+    cancelled, as ``asyncio.timeout`` does, and ``disarm`` tells the caller so.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self._budget = budget_s
+        self._due: dict[int, tuple[float, asyncio.Task[Any], int]] = {}
+        self._expired: dict[int, tuple[asyncio.Task[Any], int]] = {}
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> int:
+        """Start the current task's deadline; the key goes to ``disarm`` in a ``finally``."""
+        task = asyncio.current_task()
+        assert task is not None, "Deadlines.arm() outside a task"
+        loop = asyncio.get_running_loop()
+        key = next(self._keys)
+        when = loop.time() + self._budget
+        self._due[key] = (when, task, task.cancelling())
+        if self._timer is None:
+            self._timer = loop.call_at(when, self._fire)
+        return key
+
+    def disarm(self, key: int) -> bool:
+        """Forget ``key``.  True when its deadline passed first and the cancellation was
+        ours alone (it is withdrawn here: the caller raises its timeout error instead)."""
+        if self._due.pop(key, None) is not None:
+            return False
+        task, cancelling = self._expired.pop(key)
+        return task.uncancel() <= cancelling
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self._due
+        while due:
+            key = next(iter(due))
+            when, task, cancelling = due[key]
+            if when > now:
+                self._timer = loop.call_at(when, self._fire)
+                return
+            del due[key]
+            self._expired[key] = (task, cancelling)
+            task.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

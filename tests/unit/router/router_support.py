@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modelgate.backends.base import BackendContext
+from modelgate.backends import base
 from modelgate.config import Config, build_config
 from modelgate.router.pool import EndpointPool
 from modelgate.types import (
@@ -46,6 +46,9 @@ class ScriptedBackend:
         step = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
         return step()
+
+    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+        return await base.collect(self.generate(request))
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         self.calls += 1
@@ -121,7 +124,7 @@ async def pool_builder() -> AsyncIterator[Callable[..., Any]]:
         events = Recorder()
         pool = EndpointPool(
             cfg.models[0],
-            BackendContext(config=cfg),
+            base.BackendContext(config=cfg),
             health=cfg.health,
             lifecycle=lifecycle,
             events=events,

@@ -316,3 +316,44 @@ async def test_errors_everywhere_never_eject_the_whole_pool(make_pool):
         with pytest.raises(UpstreamError):
             await collect(pool)
     assert sorted(e.state for e in pool.endpoints) == ["ejected", "healthy"]
+
+
+async def test_whole_answer_total_timeout_is_504_and_fails_over(make_pool):
+    """A non-streamed call past total_s is abandoned (its upstream closed) and retried elsewhere."""
+    closed: list[bool] = []
+
+    async def stuck() -> AsyncIterator[Chunk]:
+        try:
+            await asyncio.sleep(5)
+            yield Chunk(text="late", finish_reason="stop")
+        finally:
+            closed.append(True)
+
+    pool, backends, _ = await make_pool(2, timeouts={"total_s": 0.15})
+    backends[0].script = [stuck]
+    backends[1].script = [stuck]
+    started = time.perf_counter()
+    with pytest.raises(UpstreamTimeout) as info:
+        await pool.complete(request(stream=False))
+    elapsed = time.perf_counter() - started
+    assert info.value.status == 504 and 0.28 < elapsed < 0.6  # two attempts, 0.15 s each
+    assert closed == [True, True] and [b.calls for b in backends] == [1, 1]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    # the endpoints answer again: the pool is not left with a stale deadline
+    backends[0].script = backends[1].script = [ok_stream]
+    assert text(await pool.complete(request(stream=False))) == "hi"
+
+
+async def test_whole_answer_client_cancel_is_not_a_timeout(make_pool):
+    async def stuck() -> AsyncIterator[Chunk]:
+        await asyncio.sleep(5)
+        yield Chunk(text="late", finish_reason="stop")
+
+    pool, backends, events = await make_pool(1, timeouts={"total_s": 5})
+    backends[0].script = [stuck]
+    task = asyncio.create_task(pool.complete(request(stream=False)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [a[-1] for a in events.of("attempt")] == ["cancelled"]
