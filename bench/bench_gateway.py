@@ -1,5 +1,9 @@
 """Gateway overhead: modelgate vs a direct call vs a minimal pass-through proxy, same run.
 
+Also in the same run: the feature floor (feature_floor.py), modelgate's per-request
+work done inline in one handler with no layers: how much of modelgate's cost is the
+work a gateway must do, and how much its structure.
+
 Upstream: nginx answering from memory (never the bottleneck).  Each proxy is pinned to
 core 1, wrk and nginx to core 0.  modelgate runs as users run it: auth on, metrics on,
 JSON access log on (to a file).  Reports requests/s, CPU per request of the proxy process
@@ -201,7 +205,7 @@ async def main() -> None:
             sys.exit(f"bench_gateway needs {tool} (apt-get install -y nginx-light wrk util-linux)")
     work = Path(tempfile.mkdtemp(prefix="mg-bench-"))
     work.chmod(0o755)  # nginx workers read the answers as an unprivileged user
-    pj, ps, p_proxy_j, p_proxy_s, p_mg = (free_port() for _ in range(5))
+    pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s = (free_port() for _ in range(7))
     more = tuple(free_port() for _ in range(7))  # 8 replicas of the same answer, for the balancing cost
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps, more))], stderr=subprocess.DEVNULL)
     cfg = work / "modelgate.yaml"
@@ -253,10 +257,18 @@ async def main() -> None:
         [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{ps}", str(p_proxy_s)],
         work / "ps.log",
     )
-    procs = [nginx, mg, proxy_j, proxy_s]
+    floor_j = start(
+        [py, str(ROOT / "bench/feature_floor.py"), f"http://127.0.0.1:{pj}", str(p_floor_j), KEY],
+        work / "fj.log",
+    )
+    floor_s = start(
+        [py, str(ROOT / "bench/feature_floor.py"), f"http://127.0.0.1:{ps}", str(p_floor_s), KEY],
+        work / "fs.log",
+    )
+    procs = [nginx, mg, proxy_j, proxy_s, floor_j, floor_s]
     results: list[dict] = []
     try:
-        for port in (pj, ps, p_proxy_j, p_proxy_s, p_mg):
+        for port in (pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s):
             await wait_port(port)
         await asyncio.sleep(1.0)
         for mode in ("json", "stream"):
@@ -269,6 +281,12 @@ async def main() -> None:
                     proxy_s if stream else proxy_j,
                     False,
                     body,
+                ),
+                "floor": (
+                    f"http://127.0.0.1:{p_floor_s if stream else p_floor_j}/v1/chat/completions",
+                    floor_s if stream else floor_j,
+                    True,
+                    {**body, "model": "fast-stream"} if stream else body,
                 ),
                 "modelgate": (
                     f"http://127.0.0.1:{p_mg}/v1/chat/completions",
@@ -332,15 +350,17 @@ def report(rows: list[dict], out: Path) -> None:
     out.write_text(json.dumps(rows, indent=1))
     by = {(r["mode"], r["target"], r["conns"]): r for r in rows}
     print(
-        "\n| mode | conns | direct rps | passthrough rps | modelgate rps | modelgate / passthrough | CPU ms/req passthrough | CPU ms/req modelgate |"
+        "\n| mode | conns | direct rps | passthrough rps | floor rps | modelgate rps | modelgate / passthrough | floor / passthrough | CPU ms/req passthrough | CPU ms/req floor | CPU ms/req modelgate |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("json", "stream"):
         for c in (1, 16, 64):
             d, p, m = by[(mode, "direct", c)], by[(mode, "passthrough", c)], by[(mode, "modelgate", c)]
+            f = by[(mode, "floor", c)]
             print(
-                f"| {mode} | {c} | {d['rps']:.0f} | {p['rps']:.0f} | {m['rps']:.0f} | {m['rps'] / p['rps']:.2f} | "
-                f"{p['cpu_ms_per_req']:.3f} | {m['cpu_ms_per_req']:.3f} |"
+                f"| {mode} | {c} | {d['rps']:.0f} | {p['rps']:.0f} | {f['rps']:.0f} | {m['rps']:.0f} | "
+                f"{m['rps'] / p['rps']:.2f} | {f['rps'] / p['rps']:.2f} | "
+                f"{p['cpu_ms_per_req']:.3f} | {f['cpu_ms_per_req']:.3f} | {m['cpu_ms_per_req']:.3f} |"
             )
     print(
         "\n| mode | added p50 ms (modelgate) | added p99 ms | added TTFB p50 ms | added p50 ms (passthrough) |"
