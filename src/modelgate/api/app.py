@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, the one middleware, and the lifespan that owns
+"""The aiohttp application: routes behind the one guard, and the lifespan that owns
 every long-lived object (HTTP session, storage, supervisor, router)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from aiohttp import web
 
 from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
-from modelgate.api.middleware import STATE, State, gateway_middleware
+from modelgate.api.middleware import STATE, Routes, State
 from modelgate.backends.base import BackendContext
 from modelgate.config import Config
 from modelgate.metrics import Metrics
@@ -94,16 +94,18 @@ def build_app(
     config: Config,
     *,
     services: Services | None = None,
-    extra_routes: Callable[[web.Application], None] | None = None,
+    extra_routes: Callable[[Routes], None] | None = None,
 ) -> web.Application:
     state = State(config=config, keys=KeyStore(config), metrics=Metrics())
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app[SERVICES] = services or Services()
-    openai_routes.register(app)
-    ops.register(app)
+    routes = Routes(app)
+    openai_routes.register(routes)
+    ops.register(routes)
     if extra_routes is not None:
-        extra_routes(app)
+        extra_routes(routes)
+    routes.close()
     app.cleanup_ctx.append(_lifespan)
     app.on_cleanup.append(_flush_access_log)
     return app

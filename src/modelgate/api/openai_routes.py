@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import INFO, STATE, RequestInfo, State
+from modelgate.api.middleware import INFO, STATE, RequestInfo, Routes, State
 from modelgate.api.streaming import stream_sse
 from modelgate.errors import (
     InvalidRequest,
@@ -198,9 +198,9 @@ async def get_model(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-def register(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", list_models, allow_head=False)
-    app.router.add_get("/v1/models/{model}", get_model, allow_head=False)
+def register(routes: Routes) -> None:
+    routes.post("/v1/chat/completions", chat_completions)
+    routes.post("/v1/completions", completions)
+    routes.post("/v1/embeddings", embeddings)
+    routes.get("/v1/models", list_models)
+    routes.get("/v1/models/{model}", get_model)

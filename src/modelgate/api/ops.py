@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from modelgate.api.middleware import STATE, State
+from modelgate.api.middleware import STATE, Routes, State
 
 
 def _state(request: web.Request) -> State:
@@ -89,9 +89,9 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(document())
 
 
-def register(app: web.Application) -> None:
-    app.router.add_get("/health", health, allow_head=False)
-    app.router.add_get("/ready", ready, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/admin/endpoints", admin_endpoints, allow_head=False)
-    app.router.add_get("/openapi.json", openapi, allow_head=False)
+def register(routes: Routes) -> None:
+    routes.get("/health", health)
+    routes.get("/ready", ready)
+    routes.get("/metrics", metrics)
+    routes.get("/admin/endpoints", admin_endpoints)
+    routes.get("/openapi.json", openapi)

@@ -46,12 +46,13 @@ def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
 
 def build_worker_app(config: Config, local: LocalModel) -> web.Application:
     from modelgate.api.app import Services, build_app
+    from modelgate.api.middleware import Routes
 
     services = Services(extra={"local_models": {local.config.id: local}})
 
-    def routes(app: web.Application) -> None:
-        app[WORKER_MODEL] = local
-        register_tgi_routes(app)
+    def routes(table: Routes) -> None:
+        table.app[WORKER_MODEL] = local
+        register_tgi_routes(table)
 
     return build_app(config, services=services, extra_routes=routes)
 

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from modelgate import __version__
+from modelgate.api.middleware import Routes
 from modelgate.engine.runtime import LocalModel
 from modelgate.engine.sequence import SeqParams, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
@@ -25,16 +26,14 @@ WORKER_MODEL = web.AppKey("worker_model", LocalModel)
 MAX_STOP = 4
 
 
-def register_tgi_routes(app: web.Application) -> None:
-    app.router.add_post("/generate", generate)
-    app.router.add_post("/generate_stream", generate_stream)
-    app.router.add_post("/", compat_generate)
-    app.router.add_get("/info", info)
-    app.router.add_post("/tokenize", tokenize)
-    if not any(
-        r.method == "GET" and r.resource and r.resource.canonical == "/health" for r in app.router.routes()
-    ):
-        app.router.add_get("/health", health)
+def register_tgi_routes(routes: Routes) -> None:
+    routes.post("/generate", generate)
+    routes.post("/generate_stream", generate_stream)
+    routes.post("/", compat_generate)
+    routes.get("/info", info)
+    routes.post("/tokenize", tokenize)
+    if not routes.has("GET", "/health"):
+        routes.get("/health", health)
 
 
 # -- errors -----------------------------------------------------------------------------

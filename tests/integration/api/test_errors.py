@@ -116,6 +116,17 @@ async def test_unknown_route_and_method(gateway: str) -> None:
     status, body, _ = await call(gateway, "GET", CHAT)
     assert status == 405
     assert_openai_error(body)
+    # every route and method, dynamic ones too, answers in OpenAI's shape with a request id
+    for method, path, expected in (
+        ("POST", "/v1/models", 405),
+        ("DELETE", "/v1/models/fast", 405),
+        ("GET", "/v1/models/fast/extra", 404),
+        ("PUT", "/", 404),
+    ):
+        status, body, headers = await call(gateway, method, path)
+        assert status == expected, (method, path)
+        assert_openai_error(body)
+        assert headers["x-request-id"]
 
 
 @pytest.mark.parametrize(
