@@ -85,21 +85,17 @@ class OpenAIBackend:
         resp = await self._post(_PATHS[chat], self._payload(request.body, False))
         return self._whole(await self._read_json(resp), chat)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if not request.stream:
-            for chunk in await self.complete(request):
-                yield chunk
-            return
-        resp = await self._post(_PATHS[request.kind == "chat"], self._payload(request.body, True))
-        try:
-            rename = self._rename(str((request.body or {}).get("model") or self._model.id))
-            events = EventStream(
-                where=self._where, chat=request.kind == "chat", n=request.sampling.n, rename=rename
-            )
-            async for chunk in events.chunks(resp.content):
-                yield chunk
-        finally:
-            resp.close()  # on cancellation (client gone) this aborts the upstream request
+            return _one_read(self.complete(request))
+        path, payload = _PATHS[request.kind == "chat"], self._payload(request.body, True)
+        rename = self._rename(str((request.body or {}).get("model") or self._model.id))
+        events = EventStream(
+            where=self._where, chat=request.kind == "chat", n=request.sampling.n, rename=rename
+        )
+        # the relay is the stream itself, not wrapped in a generator of ours: its
+        # close (the client gone) closes the upstream response, aborting the request
+        return events.chunks(lambda: self._post(path, payload))
 
     def _requiredfinish_of(self, value: Any) -> Any:
         finish = finish_of(value)
@@ -186,3 +182,9 @@ class OpenAIBackend:
 
     async def close(self) -> None:
         return None
+
+
+async def _one_read(whole: Awaitable[list[Chunk]]) -> AsyncIterator[Chunk]:
+    """A whole answer as a stream."""
+    for chunk in await whole:
+        yield chunk

@@ -10,13 +10,13 @@ waits for more: a run ends with the read it came in.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from modelgate.backends.sse import TruncatedEvent, iter_sse_blocks
+from modelgate.backends.sse import SSESplitter, TruncatedEvent
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.errors import UpstreamDisconnected, UpstreamError
 from modelgate.types import Chunk, Usage
@@ -34,6 +34,19 @@ def usage_of(raw: Any) -> Usage | None:
 def finish_of(value: Any) -> Any:
     """OpenAI's finish reasons as they are; any other non-empty reason is a stop."""
     return value if value in FINISH_REASONS else ("stop" if value else None)
+
+
+class _Content(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class _Response(Protocol):
+    """What the relay needs of an upstream response (aiohttp's ClientResponse)."""
+
+    @property
+    def content(self) -> _Content: ...
+
+    def close(self) -> None: ...
 
 
 class _Run:
@@ -56,23 +69,37 @@ class EventStream:
         self._n = n
         self._rename = rename
 
-    async def chunks(self, content: Any) -> AsyncIterator[Chunk]:
+    async def chunks(self, open_response: Callable[[], Awaitable[_Response]]) -> AsyncIterator[Chunk]:
+        """The whole relay in one generator: open the upstream response, read it
+        (``readany``: whatever the socket has), parse, yield; the response is closed
+        at the end, on failure and when the consumer stops early (which cancels
+        the upstream request)."""
+        resp = await open_response()
         finished: set[int] = set()
+        split = SSESplitter()
         try:
-            async for datas in iter_sse_blocks(content):
-                out, done, error = self._read(datas)
-                for chunk in out:
-                    if chunk.finish_reason is not None:
-                        finished.add(chunk.index)
-                    yield chunk
-                if error is not None:
-                    raise error
-                if done:
+            content = resp.content
+            while True:
+                block = await content.readany()
+                datas = split.feed(block) if block else split.end()
+                if datas:
+                    out, done, error = self._read(datas)
+                    for chunk in out:
+                        if chunk.finish_reason is not None:
+                            finished.add(chunk.index)
+                        yield chunk
+                    if error is not None:
+                        raise error
+                    if done:
+                        break
+                if not block:
                     break
         except TruncatedEvent as exc:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
+        finally:
+            resp.close()
         if len(finished) < self._n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 

@@ -34,33 +34,59 @@ def _data(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None  # comments / event: / id: only
 
 
-async def iter_sse_blocks(source: _ByteSource) -> AsyncIterator[list[bytes]]:
-    """Yield the ``data`` of every complete event of each socket read, as one list
-    per read (one await per read, not per event).  A stream that ends inside an
-    event raises ``TruncatedEvent``."""
-    tail = b""
-    async for block in source.iter_any():
-        buf = tail + block if tail else block
+class SSESplitter:
+    """The complete events of each read, as the ``data`` of each: the state between
+    reads is the unfinished tail.  Used in a reader's own loop (one generator less
+    per stream than ``iter_sse_blocks``)."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, block: bytes) -> list[bytes]:
+        buf = self._tail + block if self._tail else block
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         cut = buf.rfind(b"\n\n")
         if cut < 0:
-            tail = buf
-            continue
-        tail = buf[cut + 2 :]
+            self._tail = buf
+            return []
+        self._tail = buf[cut + 2 :]
         datas = [
             e[6:] if e[:6] == b"data: " and b"\n" not in e else _data(e) for e in buf[:cut].split(b"\n\n")
         ]
         if None in datas:
             datas = [d for d in datas if d is not None]
+        return datas  # type: ignore[return-value]
+
+    def end(self) -> list[bytes]:
+        """At EOF: a last ``[DONE]`` missing only its blank line, else nothing; a
+        stream that ends inside another event raises ``TruncatedEvent``."""
+        tail = self._tail.strip(b"\n")
+        self._tail = b""
+        if not tail:
+            return []
+        last = _data(tail)
+        if last == b"[DONE]":
+            return [last]
+        if last is not None:
+            raise TruncatedEvent(last[:200].decode("utf-8", "replace"))
+        return []
+
+
+async def iter_sse_blocks(source: _ByteSource) -> AsyncIterator[list[bytes]]:
+    """Yield the ``data`` of every complete event of each socket read, as one list
+    per read (one await per read, not per event).  A stream that ends inside an
+    event raises ``TruncatedEvent``."""
+    split = SSESplitter()
+    async for block in source.iter_any():
+        datas = split.feed(block)
         if datas:
-            yield datas  # type: ignore[misc]
-    if tail.strip(b"\n"):
-        last_data = _data(tail.strip(b"\n"))
-        if last_data == b"[DONE]":  # a final event missing only its blank line
-            yield [last_data]
-        elif last_data is not None:
-            raise TruncatedEvent(last_data[:200].decode("utf-8", "replace"))
+            yield datas
+    last = split.end()
+    if last:
+        yield last
 
 
 async def iter_sse(source: _ByteSource) -> AsyncIterator[tuple[bytes, bool]]:

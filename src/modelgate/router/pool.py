@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from modelgate.backends.base import BackendContext, BackendFactory
@@ -26,8 +27,8 @@ from modelgate.router.events import RouterEvents
 from modelgate.router.health import HealthChecker
 from modelgate.router.outlier import OutlierDetector
 from modelgate.router.queue import AdmissionQueue
-from modelgate.router.streams import honest, whole
-from modelgate.router.timeouts import Deadlines, with_timeouts
+from modelgate.router.streams import Honest, whole
+from modelgate.router.timeouts import Deadlines, StreamClock
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
 T = TypeVar("T")
@@ -152,14 +153,29 @@ class EndpointPool:
             sent = False
             started = time.monotonic()
             try:
-                stream = with_timeouts(
-                    honest(ep.backend.generate(request), where=ep.url), self.model.timeouts, where=ep.url
-                )
-                async for chunk in stream:
-                    if not sent:
-                        sent = True
-                        latency = time.monotonic() - started
-                    yield chunk
+                # one loop, no wrapping generators: the deadlines and the honesty
+                # checks are objects it consults, so a chunk crosses one generator
+                # (the backend's) on its way to the client
+                clock = StreamClock(self.model.timeouts, ep.url)
+                check = Honest(ep.url)
+                stream = ep.backend.generate(request)
+                async with aclosing(stream):  # type: ignore[type-var]
+                    ready = content = False
+                    while True:
+                        step: Chunk | None = (
+                            await anext(stream, None) if ready else await clock.wait(stream, content)
+                        )
+                        if step is None:
+                            break
+                        chunk = step
+                        ready = chunk.buffered
+                        content = content or chunk.has_content
+                        for out in check.feed(chunk):
+                            if not sent:
+                                sent = True
+                                latency = time.monotonic() - started
+                            yield out
+                check.end()
                 self._outlier.success(ep, latency if sent else None)
                 self._events.attempt(self.model.id, ep.url, "ok")
                 return

@@ -14,39 +14,51 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 from modelgate.errors import UpstreamDisconnected
 from modelgate.types import Chunk
 
 
-async def honest(stream: AsyncIterator[Chunk], *, where: str) -> AsyncIterator[Chunk]:
-    held: Chunk | None = None
-    sent = False
-    open_choices: set[int] = set()
-    finished: set[int] = set()
-    async with aclosing(stream) as it:  # type: ignore[type-var]
-        async for chunk in it:
-            if not sent and not chunk.has_content and chunk.usage is None:
-                held = held or chunk  # keep the first role we were given
-                open_choices.add(chunk.index)
-                continue
-            if held is not None:
-                if held.raw is not None:
-                    # an upstream event forwarded as is: release it, now that content came
-                    yield held.with_buffered(True)
-                elif held.role and not chunk.role and held.index == chunk.index:
-                    chunk = dataclasses.replace(chunk, role=held.role)
-                held = None
-            sent = True
-            if chunk.has_content:
-                open_choices.add(chunk.index)
-            if chunk.finish_reason is not None:
-                finished.add(chunk.index)
-            yield chunk
-    if not finished or open_choices - finished:
-        raise UpstreamDisconnected(f"{where}: the stream ended before a finish reason")
+class Honest:
+    """The promises above, kept for one attempt's chunks as they pass (an object the
+    pool's loop feeds, not one more generator every chunk would cross)."""
+
+    __slots__ = ("_finished", "_held", "_open", "_sent", "_where")
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._held: Chunk | None = None
+        self._sent = False
+        self._open: set[int] = set()
+        self._finished: set[int] = set()
+
+    def feed(self, chunk: Chunk) -> tuple[Chunk, ...]:
+        """What may go out now for this chunk: nothing (held back), it, or the held
+        upstream event and then it."""
+        if not self._sent and not chunk.has_content and chunk.usage is None:
+            self._held = self._held or chunk  # keep the first role we were given
+            self._open.add(chunk.index)
+            return ()
+        self._sent = True
+        if chunk.has_content:
+            self._open.add(chunk.index)
+        if chunk.finish_reason is not None:
+            self._finished.add(chunk.index)
+        held = self._held
+        if held is None:
+            return (chunk,)
+        self._held = None
+        if held.raw is not None:
+            # an upstream event forwarded as is: release it, now that content came
+            return (held.with_buffered(True), chunk)
+        if held.role and not chunk.role and held.index == chunk.index:
+            chunk = dataclasses.replace(chunk, role=held.role)
+        return (chunk,)
+
+    def end(self) -> None:
+        """The stream ended: raise unless every choice it opened has a finish reason."""
+        if not self._finished or self._open - self._finished:
+            raise UpstreamDisconnected(f"{self._where}: the stream ended before a finish reason")
 
 
 def whole(chunks: list[Chunk], where: str) -> list[Chunk]:

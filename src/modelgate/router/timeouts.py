@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from modelgate.config import TimeoutsConfig
@@ -23,36 +22,31 @@ from modelgate.errors import UpstreamTimeout
 from modelgate.types import Chunk
 
 
-async def with_timeouts(
-    stream: AsyncIterator[Chunk], limits: TimeoutsConfig, *, where: str
-) -> AsyncIterator[Chunk]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limits.total_s
-    started = False
-    async with aclosing(stream) as it:  # type: ignore[type-var]
-        ready = False  # the previous chunk said the next one is already buffered
-        while True:
-            if ready:  # no network wait ahead: no timer to arm and disarm
-                try:
-                    chunk = await anext(it)
-                except StopAsyncIteration:
-                    return
-            else:
-                step = limits.idle_s if started else limits.first_token_s
-                phase = "idle" if started else "first token"
-                deadline = min(end, loop.time() + step)
-                if deadline == end:
-                    phase = "total"
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(it)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise UpstreamTimeout(f"{where}: no answer within the {phase} timeout") from None
-            ready = chunk.buffered
-            started = started or chunk.has_content
-            yield chunk
+class StreamClock:
+    """One attempt's stream deadlines: the next wait is bounded by ``first_token_s``
+    until content came, by ``idle_s`` after it, and always by what is left of
+    ``total_s``.  The pool calls ``wait`` only when the previous chunk said nothing
+    more is buffered (``Chunk.buffered``): no timer is armed for what is already here."""
+
+    __slots__ = ("_end", "_limits", "_loop", "_where")
+
+    def __init__(self, limits: TimeoutsConfig, where: str) -> None:
+        self._limits = limits
+        self._where = where
+        self._loop = asyncio.get_running_loop()
+        self._end = self._loop.time() + limits.total_s
+
+    async def wait(self, stream: AsyncIterator[Chunk], started: bool) -> Chunk | None:
+        """The next chunk (None at the end), or ``UpstreamTimeout``; on expiry the
+        stream is cancelled where it waits, which closes the upstream request."""
+        step = self._limits.idle_s if started else self._limits.first_token_s
+        deadline = min(self._end, self._loop.time() + step)
+        phase = "total" if deadline == self._end else "idle" if started else "first token"
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await anext(stream, None)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self._where}: no answer within the {phase} timeout") from None
 
 
 class Deadlines:

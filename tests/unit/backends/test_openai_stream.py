@@ -9,12 +9,21 @@ from modelgate.errors import UpstreamDisconnected, UpstreamError
 
 
 class Reads:
-    def __init__(self, *reads: bytes) -> None:
-        self.reads = reads
+    """An upstream response at the seam: its content's reads, then EOF."""
 
-    async def iter_any(self):
-        for r in self.reads:
-            yield r
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = list(reads)
+        self.content = self
+        self.closed = False
+
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def open(self) -> Reads:
+        return self
 
 
 def ev(delta: dict, finish: str | None = None, **extra) -> bytes:
@@ -28,7 +37,9 @@ def ev(delta: dict, finish: str | None = None, **extra) -> bytes:
 
 
 async def run(*reads: bytes, n: int = 1, rename=None) -> list:
-    return [c async for c in EventStream(where="up", chat=True, n=n, rename=rename).chunks(Reads(*reads))]
+    return [
+        c async for c in EventStream(where="up", chat=True, n=n, rename=rename).chunks(Reads(*reads).open)
+    ]
 
 
 async def test_events_of_one_read_travel_as_one_chunk_with_their_bytes() -> None:
@@ -64,7 +75,7 @@ async def test_content_before_a_failure_still_comes_out_then_the_error() -> None
     got = []
     with pytest.raises(UpstreamError):
         async for c in EventStream(where="up", chat=True, n=1, rename=None).chunks(
-            Reads(ev({"content": "a"}) + err)
+            Reads(ev({"content": "a"}) + err).open
         ):
             got.append(c)
     assert [c.text for c in got] == ["a"]
@@ -80,7 +91,7 @@ async def test_a_read_parsed_whole_never_shifts_events() -> None:
     got = []
     with pytest.raises(UpstreamError, match="malformed stream event"):
         async for c in EventStream(where="up", chat=True, n=1, rename=None).chunks(
-            Reads(ev({"content": "a"}) + b'data: {"x": 1},{"y": 2}\n\n' + ev({}, "stop"))
+            Reads(ev({"content": "a"}) + b'data: {"x": 1},{"y": 2}\n\n' + ev({}, "stop")).open
         ):
             got.append(c)
     assert [c.text for c in got] == ["a"]
@@ -92,3 +103,20 @@ async def test_done_ends_the_stream_and_the_last_chunk_says_the_end_is_here() ->
     chunks = await run(ev({"content": "a"}) + ev({}, "stop") + b"data: [DONE]\n\n" + ev({"content": "late"}))
     assert [(c.text, c.finish_reason) for c in chunks] == [("a", "stop")]
     assert chunks[-1].buffered  # nothing to wait for: a writer may join it with the end
+
+
+async def test_the_upstream_response_is_closed_however_the_relay_ends() -> None:
+    def relay(reads: Reads):
+        return EventStream(where="up", chat=True, n=1, rename=None).chunks(reads.open)
+
+    done = Reads(ev({"content": "a"}) + ev({}, "stop") + b"data: [DONE]\n\n")
+    assert [c.text async for c in relay(done)] == ["a"] and done.closed
+    failed = Reads(ev({"content": "a"}) + b'data: {"choi')
+    with pytest.raises(UpstreamDisconnected):
+        _ = [c async for c in relay(failed)]
+    assert failed.closed
+    left = Reads(ev({"content": "a"}), ev({"content": "b"}), ev({}, "stop"))
+    gen = relay(left)
+    assert (await anext(gen)).text == "a" and not left.closed
+    await gen.aclose()  # the client went away: the upstream request is aborted
+    assert left.closed and left.reads  # nothing more was read
