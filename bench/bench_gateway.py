@@ -200,6 +200,9 @@ async def main() -> None:
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway.json"))
     args = ap.parse_args()
+    # this process measures latency with its own client: on core 0 with wrk and nginx,
+    # never competing with the proxy under test on core 1
+    os.sched_setaffinity(0, {0})
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench_gateway needs {tool} (apt-get install -y nginx-light wrk util-linux)")
