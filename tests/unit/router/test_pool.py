@@ -357,3 +357,33 @@ async def test_whole_answer_client_cancel_is_not_a_timeout(make_pool):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [a[-1] for a in events.of("attempt")] == ["cancelled"]
+
+
+async def test_a_held_upstream_event_goes_out_just_before_the_first_content(make_pool):
+    async def relay() -> AsyncIterator[Chunk]:
+        yield Chunk(role="assistant", raw=b"data: role\n\n")
+        yield Chunk(text="a", raw=b"data: a\n\n")
+        yield Chunk(finish_reason="stop", raw=b"data: stop\n\n")
+
+    pool, backends, _ = await make_pool(1)
+    backends[0].script = [relay]
+    got = await collect(pool)
+    assert [c.raw for c in got] == [b"data: role\n\n", b"data: a\n\n", b"data: stop\n\n"]
+    assert got[0].buffered  # the writer joins it with the content right behind it
+
+
+async def test_total_timeout_bounds_a_stream_that_keeps_trickling(make_pool):
+    async def trickle() -> AsyncIterator[Chunk]:
+        for _ in range(100):
+            yield Chunk(text="x")
+            await asyncio.sleep(0.03)
+        yield Chunk(finish_reason="stop")
+
+    pool, backends, _ = await make_pool(1, timeouts={"total_s": 0.2, "idle_s": 1})
+    backends[0].script = [trickle]
+    got: list[Chunk] = []
+    started = time.perf_counter()
+    with pytest.raises(UpstreamTimeout, match="total"):
+        async for c in pool.generate(request()):
+            got.append(c)
+    assert 0.18 < time.perf_counter() - started < 0.4 and 4 <= len(got) <= 8
