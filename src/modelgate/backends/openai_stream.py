@@ -173,7 +173,7 @@ class EventStream:
             events = orjson.loads(b"[" + b",".join(datas) + b"]")
         except orjson.JSONDecodeError:
             return None
-        if len(events) != len(datas) or any(type(e) is not dict for e in events):
+        if len(events) != len(datas) or list(map(type, events)).count(dict) != len(events):
             return None
         return events  # type: ignore[no-any-return]
 
