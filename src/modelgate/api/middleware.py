@@ -9,6 +9,7 @@ unknown paths and methods the same treatment (401 before 404 when auth is on).""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -99,13 +100,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def guarded(handler: Handler) -> Handler:
-    async def guard(request: web.Request) -> web.StreamResponse:
-        return await _guard(request, handler)
-
-    return guard
+    # a partial, not a closure that awaits _guard: one coroutine frame per request
+    return functools.partial(_guard, handler=handler)
 
 
-async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _guard(request: web.Request, *, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
