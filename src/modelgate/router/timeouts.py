@@ -7,7 +7,8 @@ request has no tokens to watch: the pool bounds it with ``total_s`` alone
 client's connect timeout).  On expiry the upstream stream is closed, which
 cancels the upstream HTTP request, and ``UpstreamTimeout`` (504) is raised.
 
-``Deadlines`` is the pool's ``total_s`` for awaited (non-streamed) calls.
+``StreamClock`` keeps one streamed attempt's deadlines; ``Deadlines`` is the pool's
+``total_s`` for awaited (non-streamed) calls.
 """
 
 from __future__ import annotations
