@@ -60,7 +60,10 @@ class EndpointPool:
         )
         self._health = HealthChecker(self.endpoints, health, on_change=self._queue.notify_all, rng=rng)
         self._health_cfg = health
-        self._deadlines = Deadlines(model.timeouts.total_s)
+        t = model.timeouts
+        self._deadlines = Deadlines(t.total_s)  # awaited (non-streamed) calls
+        self._first_token = Deadlines(t.first_token_s)
+        self._idle = Deadlines(t.idle_s)
 
     async def start(self) -> None:
         factory = self._factory or backend_factory(self.model.backend)
@@ -77,7 +80,8 @@ class EndpointPool:
         )
 
     async def close(self) -> None:
-        self._deadlines.close()
+        for deadlines in (self._deadlines, self._first_token, self._idle):
+            deadlines.close()
         await self._health.close()
         for ep in self.endpoints:
             await ep.backend.close()
@@ -156,7 +160,7 @@ class EndpointPool:
                 # one loop, no wrapping generators: the deadlines and the honesty
                 # checks are objects it consults, so a chunk crosses one generator
                 # (the backend's) on its way to the client
-                clock = StreamClock(self.model.timeouts, ep.url)
+                clock = StreamClock(self.model.timeouts, ep.url, self._first_token, self._idle)
                 check = Honest(ep.url)
                 stream = ep.backend.generate(request)
                 async with aclosing(stream):  # type: ignore[type-var]

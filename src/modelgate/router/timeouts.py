@@ -7,8 +7,8 @@ request has no tokens to watch: the pool bounds it with ``total_s`` alone
 client's connect timeout).  On expiry the upstream stream is closed, which
 cancels the upstream HTTP request, and ``UpstreamTimeout`` (504) is raised.
 
-``StreamClock`` keeps one streamed attempt's deadlines; ``Deadlines`` is the pool's
-``total_s`` for awaited (non-streamed) calls.
+``StreamClock`` keeps one streamed attempt's deadlines; ``Deadlines`` holds every
+deadline of one kind in a pool (first token, idle, the total of awaited calls).
 """
 
 from __future__ import annotations
@@ -27,27 +27,45 @@ class StreamClock:
     """One attempt's stream deadlines: the next wait is bounded by ``first_token_s``
     until content came, by ``idle_s`` after it, and always by what is left of
     ``total_s``.  The pool calls ``wait`` only when the previous chunk said nothing
-    more is buffered (``Chunk.buffered``): no timer is armed for what is already here."""
+    more is buffered (``Chunk.buffered``): no timer is armed for what is already here.
 
-    __slots__ = ("_end", "_limits", "_loop", "_where")
+    A real upstream sends most tokens in reads of their own, so a wait is per token:
+    the first-token and idle waits go to the pool's ``Deadlines`` (a dict write each,
+    where a loop timer per wait cost 5 µs); only a wait that ``total_s`` ends first
+    (near the end of the budget) takes a timer of its own."""
 
-    def __init__(self, limits: TimeoutsConfig, where: str) -> None:
-        self._limits = limits
+    __slots__ = ("_end", "_first", "_idle", "_loop", "_where")
+
+    def __init__(self, limits: TimeoutsConfig, where: str, first: Deadlines, idle: Deadlines) -> None:
         self._where = where
+        self._first = first
+        self._idle = idle
         self._loop = asyncio.get_running_loop()
         self._end = self._loop.time() + limits.total_s
 
     async def wait(self, stream: AsyncIterator[Chunk], started: bool) -> Chunk | None:
         """The next chunk (None at the end), or ``UpstreamTimeout``; on expiry the
         stream is cancelled where it waits, which closes the upstream request."""
-        step = self._limits.idle_s if started else self._limits.first_token_s
-        deadline = min(self._end, self._loop.time() + step)
-        phase = "total" if deadline == self._end else "idle" if started else "first token"
+        deadlines = self._idle if started else self._first
+        if self._loop.time() + deadlines.budget_s >= self._end:
+            try:
+                async with asyncio.timeout_at(self._end):
+                    return await anext(stream, None)
+            except TimeoutError:
+                raise self._expired("total") from None
+        key = deadlines.arm()
         try:
-            async with asyncio.timeout_at(deadline):
+            try:
                 return await anext(stream, None)
-        except TimeoutError:
-            raise UpstreamTimeout(f"{self._where}: no answer within the {phase} timeout") from None
+            finally:
+                expired = deadlines.disarm(key)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise self._expired("idle" if started else "first token") from None
+
+    def _expired(self, phase: str) -> UpstreamTimeout:
+        return UpstreamTimeout(f"{self._where}: no answer within the {phase} timeout")
 
 
 class Deadlines:
@@ -62,7 +80,7 @@ class Deadlines:
     """
 
     def __init__(self, budget_s: float) -> None:
-        self._budget = budget_s
+        self.budget_s = budget_s
         self._due: dict[int, tuple[float, asyncio.Task[Any], int]] = {}
         self._expired: dict[int, tuple[asyncio.Task[Any], int]] = {}
         self._keys = itertools.count()
@@ -74,7 +92,7 @@ class Deadlines:
         assert task is not None, "Deadlines.arm() outside a task"
         loop = asyncio.get_running_loop()
         key = next(self._keys)
-        when = loop.time() + self._budget
+        when = loop.time() + self.budget_s
         self._due[key] = (when, task, task.cancelling())
         if self._timer is None:
             self._timer = loop.call_at(when, self._fire)

@@ -217,6 +217,8 @@ async def test_first_token_timeout_is_504_and_closes_the_upstream(make_pool):
         await collect(pool)
     assert info.value.status == 504 and 0.13 < time.perf_counter() - started < 0.4
     assert closed == [True]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # the timeout's cancel withdrawn
+    assert not pool._first_token._due and not pool._first_token._expired  # nothing left armed
 
 
 async def test_idle_timeout_after_content_raises_mid_stream(make_pool):
