@@ -90,7 +90,7 @@ class Deadlines:
         """Start the current task's deadline; the key goes to ``disarm`` in a ``finally``."""
         task = asyncio.current_task()
         assert task is not None, "Deadlines.arm() outside a task"
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()  # (get_running_loop would cost another getpid())
         key = next(self._keys)
         when = loop.time() + self.budget_s
         self._due[key] = (when, task, task.cancelling())
