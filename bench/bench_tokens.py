@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import CHAT, KEY, ROOT, cpu_seconds, free_port, start, wait_port, wrk  # noqa: E402
+from bench_gateway import CHAT, KEY, ROOT, cpu_seconds, free_port, start, wait_port, wrk
 
 
 async def main() -> None:
