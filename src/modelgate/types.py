@@ -1,20 +1,35 @@
 """Internal types: what flows between api, router, backends and engine.
 
-Frozen dataclasses, independent of any wire format.  ``wire/`` converts OpenAI
+Immutable records, independent of any wire format.  ``wire/`` converts OpenAI
 and TGI JSON to and from these; nothing else does.
+
+``@record`` makes a slots dataclass that the type checker treats as frozen (an
+assignment to a field is a mypy error) but that is not frozen at run time: a frozen
+dataclass sets each field through ``object.__setattr__``, which made building a
+``Chunk`` cost 1.2 µs instead of 0.3 and request conversion 11 µs instead of 7.7,
+on every request and every streamed chunk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from typing_extensions import dataclass_transform
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 RequestKind = Literal["chat", "completion"]
 
+_T = TypeVar("_T")
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[_T]) -> type[_T]:
+    return dataclass(slots=True)(cls)
+
+
+@record
 class ChatMessage:
     role: str
     content: str | None = None
@@ -26,7 +41,7 @@ class ChatMessage:
     tool_call_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SamplingParams:
     max_tokens: int | None = None
     temperature: float | None = None
@@ -46,7 +61,7 @@ class SamplingParams:
         return self.temperature is not None and self.temperature == 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GenerationRequest:
     """One chat or text completion, as the router and backends see it."""
 
@@ -70,7 +85,7 @@ class GenerationRequest:
     body: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -86,7 +101,7 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Chunk:
     """A piece of one choice's output.
 
