@@ -178,6 +178,38 @@ async def latency(url: str, body: dict, n: int, auth: bool) -> dict:
     }
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM what the bench started (by its own handles), then SIGKILL what lingers."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def warn_errors(rows: list[dict]) -> None:
+    bad = [
+        (r.get("mode"), r["target"], r["conns"], r["non2xx"], r["socket_errors"])
+        for r in rows
+        if r["non2xx"] or r["socket_errors"]
+    ]
+    if bad:
+        print(f"\nWARNING: errors in {len(bad)} runs: {bad}")
+
+
+def gateway_config(work: Path, port: int, models: list[dict]) -> Path:
+    """modelgate's config as users run it: auth on, JSON access log on."""
+    cfg = work / "modelgate.yaml"
+    cfg.write_text(
+        json.dumps(
+            {"server": {"port": port, "access_log": True}, "auth": {"api_keys": [KEY]}, "models": models}
+        )
+    )
+    return cfg
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
@@ -211,44 +243,39 @@ async def main() -> None:
     pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s = (free_port() for _ in range(7))
     more = tuple(free_port() for _ in range(7))  # 8 replicas of the same answer, for the balancing cost
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps, more))], stderr=subprocess.DEVNULL)
-    cfg = work / "modelgate.yaml"
-    cfg.write_text(
-        json.dumps(
+    cfg = gateway_config(
+        work,
+        p_mg,
+        [
             {
-                "server": {"port": p_mg, "access_log": True},
-                "auth": {"api_keys": [KEY]},
-                "models": [
+                "id": "fast",
+                "backend": "openai",
+                "endpoints": [{"url": f"http://127.0.0.1:{pj}/v1", "max_in_flight": 4096}],
+            },
+            {
+                "id": "fast8",
+                "backend": "openai",
+                "endpoints": [
                     {
-                        "id": "fast",
-                        "backend": "openai",
-                        "endpoints": [{"url": f"http://127.0.0.1:{pj}/v1", "max_in_flight": 4096}],
-                    },
-                    {
-                        "id": "fast8",
-                        "backend": "openai",
-                        "endpoints": [
-                            {
-                                "url": f"http://127.0.0.1:{p}/v1",
-                                "upstream_model": "fast",
-                                "max_in_flight": 4096,
-                            }
-                            for p in (pj, *more)
-                        ],
-                    },
-                    {
-                        "id": "fast-stream",
-                        "backend": "openai",
-                        "endpoints": [
-                            {
-                                "url": f"http://127.0.0.1:{ps}/v1",
-                                "upstream_model": "fast",
-                                "max_in_flight": 4096,
-                            }
-                        ],
-                    },
+                        "url": f"http://127.0.0.1:{p}/v1",
+                        "upstream_model": "fast",
+                        "max_in_flight": 4096,
+                    }
+                    for p in (pj, *more)
                 ],
-            }
-        )
+            },
+            {
+                "id": "fast-stream",
+                "backend": "openai",
+                "endpoints": [
+                    {
+                        "url": f"http://127.0.0.1:{ps}/v1",
+                        "upstream_model": "fast",
+                        "max_in_flight": 4096,
+                    }
+                ],
+            },
+        ],
     )
     mg = start([str(ROOT / ".venv/bin/modelgate"), "serve", "--config", str(cfg)], work / "modelgate.log")
     py = sys.executable
@@ -338,13 +365,7 @@ async def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     report(results, Path(args.out))
 
 
@@ -386,11 +407,7 @@ def report(rows: list[dict], out: Path) -> None:
                 f"| 8 vs 1 | {c} | {one['rps']:.0f} | {eight['rps']:.0f} | {one['cpu_ms_per_req']:.3f} | "
                 f"{eight['cpu_ms_per_req']:.3f} | {100 * (eight['cpu_ms_per_req'] / one['cpu_ms_per_req'] - 1):+.1f}% |"
             )
-    bad = [r for r in rows if r["non2xx"] or r["socket_errors"]]
-    if bad:
-        print(
-            f"\nWARNING: errors in {len(bad)} runs: {[(r['mode'], r['target'], r['conns'], r['non2xx'], r['socket_errors']) for r in bad]}"
-        )
+    warn_errors(rows)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,25 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import CHAT, KEY, ROOT, cpu_seconds, free_port, start, wait_port, wrk
+from bench_gateway import (
+    CHAT,
+    KEY,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    gateway_config,
+    start,
+    stop,
+    wait_port,
+    warn_errors,
+    wrk,
+)
 
 
 async def main() -> None:
@@ -45,27 +56,22 @@ async def main() -> None:
         ["taskset", "-c", "0", py, str(ROOT / "bench/token_upstream.py"), str(up), str(args.tokens)],
         stderr=(work / "upstream.log").open("w"),
     )
-    cfg = work / "modelgate.yaml"
-    cfg.write_text(
-        json.dumps(
+    cfg = gateway_config(
+        work,
+        p_mg,
+        [
             {
-                "server": {"port": p_mg, "access_log": True},
-                "auth": {"api_keys": [KEY]},
-                "models": [
+                "id": "fast-stream",
+                "backend": "openai",
+                "endpoints": [
                     {
-                        "id": "fast-stream",
-                        "backend": "openai",
-                        "endpoints": [
-                            {
-                                "url": f"http://127.0.0.1:{up}/v1",
-                                "upstream_model": "fast",
-                                "max_in_flight": 4096,
-                            }
-                        ],
+                        "url": f"http://127.0.0.1:{up}/v1",
+                        "upstream_model": "fast",
+                        "max_in_flight": 4096,
                     }
                 ],
             }
-        )
+        ],
     )
     mg = start([str(ROOT / ".venv/bin/modelgate"), "serve", "--config", str(cfg)], work / "modelgate.log")
     proxy = start(
@@ -100,13 +106,7 @@ async def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
@@ -123,11 +123,7 @@ async def main() -> None:
             f"{f['cpu_us_per_token']:.1f} | {m['cpu_us_per_token']:.1f} | "
             f"{m['cpu_us_per_token'] / p['cpu_us_per_token']:.2f}× |"
         )
-    bad = [r for r in rows if r["non2xx"] or r["socket_errors"]]
-    if bad:
-        print(
-            f"\nWARNING: errors in {len(bad)} runs: {[(r['target'], r['conns'], r['non2xx']) for r in bad]}"
-        )
+    warn_errors(rows)
 
 
 if __name__ == "__main__":
