@@ -36,7 +36,8 @@ async def test_calls_expire_in_order_each_at_its_own_deadline() -> None:
     t_first = time.perf_counter() - started
     assert await second == "timeout"
     t_second = time.perf_counter() - started
-    assert 0.09 < t_first < 0.14 and 0.14 < t_second < 0.25
+    # each at its own deadline, in order (upper bounds loose: a loaded CI machine is slow)
+    assert 0.09 < t_first < 0.35 and 0.14 < t_second < 0.5 and t_second - t_first > 0.03
     assert not deadlines._due and not deadlines._expired  # nothing left behind
     # the timed-out task's cancellation was withdrawn: it goes on awaiting normally
     assert first.cancelling() == 0 and not first.cancelled()
