@@ -32,7 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.integration.fakes.core import ProcessServer
-from tests.integration.fakes.harness import chat, router_config, write_tokenizer_dir
+from tests.integration.fakes.harness import chat, router_config, running_router, write_tokenizer_dir
 
 from modelgate.backends.base import BackendContext
 from modelgate.errors import ModelGateError
@@ -87,9 +87,7 @@ async def kill_one(tok: Path, quick: bool) -> dict[str, Any]:
     )
     counts = {"ok": 0, "errors": 0}
     try:
-        async with aiohttp.ClientSession() as http:
-            router = Router(config, BackendContext(config=config, http=http))
-            await router.start()
+        async with running_router(config) as router, aiohttp.ClientSession() as http:
             stop = asyncio.Event()
             task = asyncio.create_task(load(router, stop, 16, counts))
             await asyncio.sleep(1.0 if quick else 2.0)
@@ -103,7 +101,6 @@ async def kill_one(tok: Path, quick: bool) -> dict[str, Any]:
             stop.set()
             await task
             served_after = (await stats(http, servers[0].url))["requests"]
-            await router.close()
     finally:
         for s in servers:
             s.kill()
@@ -130,9 +127,7 @@ async def thirty_percent(tok: Path, quick: bool) -> dict[str, Any]:
     config = router_config([s.url for s in servers], tokenizer=str(tok), health={"interval_s": 1.0})
     counts = {"ok": 0, "errors": 0}
     try:
-        async with aiohttp.ClientSession() as http:
-            router = Router(config, BackendContext(config=config, http=http))
-            await router.start()
+        async with running_router(config) as router, aiohttp.ClientSession() as http:
             sem = asyncio.Semaphore(16)
 
             async def one() -> None:
@@ -148,7 +143,6 @@ async def thirty_percent(tok: Path, quick: bool) -> dict[str, Any]:
             await asyncio.gather(*(one() for _ in range(n)))
             took = time.monotonic() - started
             attempts = sum([(await stats(http, s.url))["requests"] for s in servers])
-            await router.close()
     finally:
         for s in servers:
             s.kill()
@@ -164,9 +158,7 @@ async def thirty_percent(tok: Path, quick: bool) -> dict[str, Any]:
 async def all_down(tok: Path, quick: bool) -> dict[str, Any]:
     servers = [ProcessServer("tgi").start() for _ in range(2)]
     config = router_config([s.url for s in servers], tokenizer=str(tok), health={"interval_s": 0.2})
-    async with aiohttp.ClientSession() as http:
-        router = Router(config, BackendContext(config=config, http=http))
-        await router.start()
+    async with running_router(config) as router:
         await asyncio.sleep(0.3)
         for s in servers:
             s.kill()
@@ -187,7 +179,6 @@ async def all_down(tok: Path, quick: bool) -> dict[str, Any]:
         for _ in range(200 if quick else 1000):
             await one()
         await asyncio.gather(*(one() for _ in range(500)))
-        await router.close()
     return {
         "requests": len(times),
         "statuses": sorted(statuses),
@@ -251,9 +242,7 @@ async def http_cost(tok: Path, n: int) -> float:
     server = ProcessServer("tgi", faults={"tokens": 8}).start()
     config = router_config([server.url], tokenizer=str(tok), health={"interval_s": 60})
     try:
-        async with aiohttp.ClientSession() as http:
-            router = Router(config, BackendContext(config=config, http=http))
-            await router.start()
+        async with running_router(config) as router:
             sem = asyncio.Semaphore(16)
 
             async def one() -> None:
@@ -265,7 +254,6 @@ async def http_cost(tok: Path, n: int) -> float:
             started = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(n)))
             took = time.perf_counter() - started
-            await router.close()
     finally:
         server.kill()
     return took / n
