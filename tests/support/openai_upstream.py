@@ -36,6 +36,7 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     cancelled: int = 0
+    abandoned: int = 0  # streams the gateway stopped reading before they ended
     embedding_size: int = 3
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -155,6 +156,17 @@ class FakeOpenAI:
             return resp
         if kind == "bad_sse":
             await resp.write(b"data: {not json\n\n")
+            return resp
+        if kind == "endless":  # an event that never ends: up to 64 MiB without a blank line
+            try:
+                await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "')
+                for _ in range(1024):
+                    await resp.write(b"x" * 65536)
+            except ConnectionError:  # the gateway hung up: as it should
+                self.abandoned += 1
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                raise
             return resp
         if kind == "hang":
             try:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from modelgate.backends.sse import SSESplitter, TruncatedEvent
+from modelgate.backends.sse import EventTooLarge, SSESplitter, TruncatedEvent
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.errors import UpstreamDisconnected, UpstreamError
 from modelgate.types import Chunk, Usage
@@ -96,6 +96,8 @@ class EventStream:
                     break
         except TruncatedEvent as exc:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
+        except EventTooLarge as exc:
+            raise UpstreamError(f"{self._where}: {exc}") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
         finally:

@@ -17,8 +17,17 @@ class _ByteSource(Protocol):
     def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
+# An event larger than this is refused instead of buffered: an upstream that never
+# ends its event (no blank line) must not grow the gateway's memory without bound.
+MAX_EVENT_BYTES = 8 << 20
+
+
 class TruncatedEvent(Exception):
     """The stream ended in the middle of an event."""
+
+
+class EventTooLarge(Exception):
+    """An event grew past ``MAX_EVENT_BYTES`` without ending."""
 
 
 def _data(event: bytes) -> bytes | None:
@@ -39,20 +48,29 @@ class SSESplitter:
     reads is the unfinished tail.  Used in a reader's own loop (one generator less
     per stream than ``iter_sse_blocks``)."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_limit", "_tail")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._tail = b""
+        self._limit = limit
 
     def feed(self, block: bytes) -> list[bytes]:
         buf = self._tail + block if self._tail else block
+        held = b""
         if b"\r" in buf:
+            if buf[-1:] == b"\r" and buf[-2:-1] not in (b"\r", b"\n"):
+                # a lone CR at the end may be the first half of a CRLF the next read
+                # completes: normalised now, it would end a line twice
+                buf, held = buf[:-1], b"\r"
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         cut = buf.rfind(b"\n\n")
+        tail = (buf if cut < 0 else buf[cut + 2 :]) + held
+        if len(tail) > self._limit:
+            self._tail = b""
+            raise EventTooLarge(f"a stream event grew past {self._limit} bytes without ending")
+        self._tail = tail
         if cut < 0:
-            self._tail = buf
             return []
-        self._tail = buf[cut + 2 :]
         datas = [
             e[6:] if e[:6] == b"data: " and b"\n" not in e else _data(e) for e in buf[:cut].split(b"\n\n")
         ]
@@ -63,7 +81,7 @@ class SSESplitter:
     def end(self) -> list[bytes]:
         """At EOF: a last ``[DONE]`` missing only its blank line, else nothing; a
         stream that ends inside another event raises ``TruncatedEvent``."""
-        tail = self._tail.strip(b"\n")
+        tail = self._tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
         self._tail = b""
         if not tail:
             return []

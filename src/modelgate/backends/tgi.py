@@ -22,7 +22,7 @@ import orjson
 from modelgate.backends import http
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
-from modelgate.backends.sse import TruncatedEvent, iter_sse
+from modelgate.backends.sse import EventTooLarge, TruncatedEvent, iter_sse
 from modelgate.backends.tgi_native import (
     FINISH,
     StopTrimmer,
@@ -237,6 +237,8 @@ class TGIBackend:
                 return
         except TruncatedEvent as exc:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
+        except EventTooLarge as exc:
+            raise UpstreamError(f"{self._where}: {exc}") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
         raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")

@@ -138,7 +138,7 @@ async def test_fixture_bodies_translate(gateway: str, upstream: FakeOpenAI) -> N
         openai_spec.validate(body, "ErrorResponse")
 
 
-@pytest.mark.parametrize("step", [("cut", 3), ("error_then_done", 3), ("bad_sse", 0)])
+@pytest.mark.parametrize("step", [("cut", 3), ("error_then_done", 3), ("bad_sse", 0), ("endless", 0)])
 async def test_broken_streams_end_with_one_error_and_no_done(
     gateway: str, upstream: FakeOpenAI, step
 ) -> None:
@@ -158,6 +158,13 @@ async def test_broken_streams_end_with_one_error_and_no_done(
     assert len(errors) == 1
     openai_spec.validate(errors[0], "ErrorResponse")
     assert not any('"finish_reason":"stop"' in e for e in events)
+    if step[0] == "endless":  # refused at the event size limit, not buffered until a timeout
+        assert errors[0]["error"]["code"] == "bad_upstream_response"
+        for _ in range(100):
+            if upstream.abandoned:
+                break
+            await asyncio.sleep(0.02)
+        assert upstream.abandoned == 1
     # and the SDK raises instead of returning a truncated answer as complete
     upstream.plan[:] = [step]
     with pytest.raises(openai.APIError):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelgate.backends.sse import TruncatedEvent, iter_sse
+from modelgate.backends.sse import EventTooLarge, SSESplitter, TruncatedEvent, iter_sse
 
 
 class Blocks:
@@ -32,3 +32,28 @@ async def test_done_without_blank_line_is_fine_but_a_cut_event_is_not() -> None:
     assert await collect(b"data: a\n\ndata: [DONE]\n") == [(b"a", False), (b"[DONE]", False)]
     with pytest.raises(TruncatedEvent):
         await collect(b'data: {"choices": [')
+
+
+async def test_a_crlf_split_between_reads_ends_the_line_once() -> None:
+    # the CR ends one read and its LF starts the next: still one event of two lines
+    assert await collect(b"data: a\r", b"\ndata: b\r\n\r\n") == [(b"a\nb", False)]
+    # CR-only line endings still end an event in the read that completes it
+    assert await collect(b"data: a\r\r") == [(b"a", False)]
+    assert await collect(b"data: a\r", b"\r") == [(b"a", False)]
+    assert await collect(b"data: a\r\n\r\ndata: [DONE]\r") == [(b"a", False), (b"[DONE]", False)]
+
+
+def test_an_event_that_never_ends_is_refused_not_buffered() -> None:
+    split = SSESplitter(limit=64)
+    assert split.feed(b"data: one\n\ndata: " + b"x" * 50) == [b"one"]  # 56 bytes held: under the limit
+    with pytest.raises(EventTooLarge):
+        split.feed(b"x" * 10)
+    assert split.end() == []  # nothing kept after the refusal
+
+
+def test_events_up_to_the_limit_pass() -> None:
+    split = SSESplitter(limit=64)
+    event = b"data: " + b"y" * 58  # exactly the limit, split over reads
+    assert split.feed(event[:30]) == []
+    assert split.feed(event[30:]) == []
+    assert split.feed(b"\n\n") == [b"y" * 58]
