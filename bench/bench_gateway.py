@@ -9,7 +9,7 @@ core 1, wrk and nginx to core 0.  modelgate runs as users run it: auth on, metri
 JSON access log on (to a file).  Reports requests/s, CPU per request of the proxy process
 (from /proc), added p50/p99 latency and time to first byte at 1 connection.
 
-    .venv/bin/python bench/bench_gateway.py [--seconds 5] [--out bench/results/gateway.json]
+    .venv/bin/python bench/bench_gateway.py [--seconds 3] [--rounds 3] [--out bench/results/gateway.json]
 """
 
 from __future__ import annotations
@@ -155,6 +155,16 @@ def wrk(url: str, conns: int, seconds: int, body: dict, auth: bool, work: Path) 
     }
 
 
+def measure(
+    url: str, proc: subprocess.Popen | None, conns: int, seconds: int, body: dict, auth: bool, work: Path
+) -> dict:
+    """One wrk run, with the CPU the proxy process spent per request (None: no proxy)."""
+    before = cpu_seconds(proc.pid) if proc else 0.0
+    r = wrk(url, conns, seconds, body, auth, work)
+    cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
+    return {**r, "cpu_ms_per_req": 1000 * cpu / max(1, r["requests"]) if proc else None}
+
+
 async def latency(url: str, body: dict, n: int, auth: bool) -> dict:
     headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
     total, ttfb = [], []
@@ -228,7 +238,8 @@ async def wait_port(port: int, timeout: float = 60) -> None:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway.json"))
     args = ap.parse_args()
@@ -301,6 +312,8 @@ async def main() -> None:
         for port in (pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s):
             await wait_port(port)
         await asyncio.sleep(1.0)
+        # Targets take turns, round after round (this machine drifts by +-20% over
+        # minutes): every ratio is the median of per-round ratios.
         for mode in ("json", "stream"):
             stream = mode == "stream"
             body = {**CHAT, "stream": True} if stream else CHAT
@@ -325,89 +338,103 @@ async def main() -> None:
                     {**body, "model": "fast-stream"} if stream else body,
                 ),
             }
-            for name, (url, proc, auth, b) in targets.items():
-                lat = await latency(url, b, args.latency_requests, auth)
+            for rnd in range(args.rounds):
+                for name, (url, _proc, auth, b) in targets.items():
+                    lat = await latency(url, b, args.latency_requests, auth)
+                    results.append({"mode": mode, "target": name, "conns": 1, "round": rnd, "latency": lat})
                 for conns in (1, 16, 64):
-                    before = cpu_seconds(proc.pid) if proc else 0.0
-                    r = wrk(url, conns, args.seconds, b, auth, work)
-                    cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
-                    row = {
-                        "mode": mode,
-                        "target": name,
-                        "conns": conns,
-                        **r,
-                        "cpu_ms_per_req": 1000 * cpu / max(1, r["requests"]) if proc else None,
-                    }
-                    if conns == 1:
-                        row.update(lat)
+                    for name, (url, proc, auth, b) in targets.items():
+                        row = measure(url, proc, conns, args.seconds, b, auth, work)
+                        row.update(mode=mode, target=name, conns=conns, round=rnd)
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
+        # balancing: the same gateway, one model with 8 endpoints vs the one with 1
+        mg_url = f"http://127.0.0.1:{p_mg}/v1/chat/completions"
+        for rnd in range(args.rounds):
+            for conns in (16, 64):
+                for name, model in (("modelgate-1ep", "fast"), ("modelgate-8ep", "fast8")):
+                    row = measure(mg_url, mg, conns, args.seconds, {**CHAT, "model": model}, True, work)
+                    row.update(mode="json", target=name, conns=conns, round=rnd)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-        # balancing: the same gateway, one model with 8 endpoints vs the one with 1
-        for name, model in (("modelgate-1ep", "fast"), ("modelgate-8ep", "fast8")):
-            for conns in (16, 64):
-                before = cpu_seconds(mg.pid)
-                r = wrk(
-                    f"http://127.0.0.1:{p_mg}/v1/chat/completions",
-                    conns,
-                    args.seconds,
-                    {**CHAT, "model": model},
-                    True,
-                    work,
-                )
-                cpu = cpu_seconds(mg.pid) - before
-                row = {
-                    "mode": "json",
-                    "target": name,
-                    "conns": conns,
-                    **r,
-                    "cpu_ms_per_req": 1000 * cpu / max(1, r["requests"]),
-                }
-                results.append(row)
-                print(json.dumps(row), flush=True)
     finally:
         stop(procs)
     report(results, Path(args.out))
 
 
+def _rounds(rows: list[dict], mode: str, target: str, conns: int) -> list[dict]:
+    return sorted(
+        (r for r in rows if (r["mode"], r["target"], r["conns"]) == (mode, target, conns) and "rps" in r),
+        key=lambda r: r["round"],
+    )
+
+
+def _med(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def _ratio(a: list[dict], b: list[dict], key: str) -> float:
+    """The median over rounds of a/b, each round's pair measured minutes apart at most."""
+    return statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True))
+
+
+def _added(target: list[dict], direct: list[dict], key: str) -> float:
+    """Latency added over the direct call: the median over rounds."""
+    return statistics.median(x[key] - y[key] for x, y in zip(target, direct, strict=True))
+
+
 def report(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
-    by = {(r["mode"], r["target"], r["conns"]): r for r in rows}
     print(
+        "\nMedians over rounds; ratios are medians of per-round ratios."
         "\n| mode | conns | direct rps | passthrough rps | floor rps | modelgate rps | modelgate / passthrough | floor / passthrough | CPU ms/req passthrough | CPU ms/req floor | CPU ms/req modelgate |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("json", "stream"):
         for c in (1, 16, 64):
-            d, p, m = by[(mode, "direct", c)], by[(mode, "passthrough", c)], by[(mode, "modelgate", c)]
-            f = by[(mode, "floor", c)]
+            d, p, f, m = (_rounds(rows, mode, t, c) for t in ("direct", "passthrough", "floor", "modelgate"))
             print(
-                f"| {mode} | {c} | {d['rps']:.0f} | {p['rps']:.0f} | {f['rps']:.0f} | {m['rps']:.0f} | "
-                f"{m['rps'] / p['rps']:.2f} | {f['rps'] / p['rps']:.2f} | "
-                f"{p['cpu_ms_per_req']:.3f} | {f['cpu_ms_per_req']:.3f} | {m['cpu_ms_per_req']:.3f} |"
+                f"| {mode} | {c} | {_med(d, 'rps'):.0f} | {_med(p, 'rps'):.0f} | {_med(f, 'rps'):.0f} | "
+                f"{_med(m, 'rps'):.0f} | {_ratio(m, p, 'rps'):.2f} | {_ratio(f, p, 'rps'):.2f} | "
+                f"{_med(p, 'cpu_ms_per_req'):.3f} | {_med(f, 'cpu_ms_per_req'):.3f} | {_med(m, 'cpu_ms_per_req'):.3f} |"
             )
     print(
         "\n| mode | added p50 ms (modelgate) | added p99 ms | added TTFB p50 ms | added p50 ms (passthrough) |"
     )
     print("|---|---:|---:|---:|---:|")
     for mode in ("json", "stream"):
-        d, p, m = by[(mode, "direct", 1)], by[(mode, "passthrough", 1)], by[(mode, "modelgate", 1)]
-        print(
-            f"| {mode} | {m['p50_ms'] - d['p50_ms']:.3f} | {m['p99_ms'] - d['p99_ms']:.3f} | "
-            f"{m['ttfb_p50_ms'] - d['ttfb_p50_ms']:.3f} | {p['p50_ms'] - d['p50_ms']:.3f} |"
+        lat = {
+            t: [
+                r["latency"]
+                for r in sorted(rows, key=lambda r: r["round"])
+                if "latency" in r and (r["mode"], r["target"]) == (mode, t)
+            ]
+            for t in ("direct", "passthrough", "modelgate")
+        }
+        p50, p99, ttfb, p50_pt = (
+            _added(lat[target], lat["direct"], key)
+            for target, key in (
+                ("modelgate", "p50_ms"),
+                ("modelgate", "p99_ms"),
+                ("modelgate", "ttfb_p50_ms"),
+                ("passthrough", "p50_ms"),
+            )
         )
+        print(f"| {mode} | {p50:.3f} | {p99:.3f} | {ttfb:.3f} | {p50_pt:.3f} |")
     print(
         "\n| balancing (json) | conns | rps 1 endpoint | rps 8 endpoints | CPU ms/req 1 | CPU ms/req 8 | added CPU |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for c in (16, 64):
-        one, eight = by.get(("json", "modelgate-1ep", c)), by.get(("json", "modelgate-8ep", c))
+        one, eight = _rounds(rows, "json", "modelgate-1ep", c), _rounds(rows, "json", "modelgate-8ep", c)
         if one and eight:
             print(
-                f"| 8 vs 1 | {c} | {one['rps']:.0f} | {eight['rps']:.0f} | {one['cpu_ms_per_req']:.3f} | "
-                f"{eight['cpu_ms_per_req']:.3f} | {100 * (eight['cpu_ms_per_req'] / one['cpu_ms_per_req'] - 1):+.1f}% |"
+                f"| 8 vs 1 | {c} | {_med(one, 'rps'):.0f} | {_med(eight, 'rps'):.0f} | "
+                f"{_med(one, 'cpu_ms_per_req'):.3f} | {_med(eight, 'cpu_ms_per_req'):.3f} | "
+                f"{100 * (_ratio(eight, one, 'cpu_ms_per_req') - 1):+.1f}% |"
             )
-    warn_errors(rows)
+    warn_errors([r for r in rows if "rps" in r])
 
 
 if __name__ == "__main__":
