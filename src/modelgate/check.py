@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from modelgate.backends.base import BackendContext
+from modelgate.backends.http import upstream_session
 from modelgate.backends.registry import backend_factory
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelGateError
@@ -65,7 +66,7 @@ async def _storage(config: Config) -> dict[str, dict[str, Any]]:
 async def _probe_all(config: Config) -> list[Row]:
     rows: list[Row] = []
     timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as http:
+    async with upstream_session(timeout) as http:
         ctx = BackendContext(config=config, http=http)
         storage = await _storage(config)
         jobs = []

@@ -7,7 +7,9 @@ an unreadable secret fail at start with a message naming the file and the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +156,31 @@ class SupervisorConfig(_Frozen):
     log_lines: int = Field(50, ge=1)
 
 
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog"})
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, in any notation a resolver accepts
+    (``169.254.169.254``, ``2852039166``, ``0xa9.0xfe.0xa9.0xfe``, ``::ffff:a9fe:a9fe``);
+    None for a name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the legacy IPv4 forms that inet_aton (and so getaddrinfo) accepts
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_link_local(host: str) -> bool:
+    """Link-local (169.254.0.0/16, fe80::/10: cloud metadata services live there)."""
+    ip = ip_of(host)
+    return ip is not None and ip.is_link_local
+
+
 class EndpointConfig(_Frozen):
     url: str
     api_key_env: str | None = None
@@ -170,7 +197,7 @@ class EndpointConfig(_Frozen):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.hostname.startswith("169.254.") or parts.hostname in ("metadata.google.internal",):
+        if parts.hostname in _METADATA_HOSTS or is_link_local(parts.hostname):
             raise ValueError("link-local / metadata addresses are never allowed as upstreams")
         return url.rstrip("/")
 
@@ -237,6 +264,39 @@ class ModelConfig(_Frozen):
         return self
 
 
+_LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
+
+
+def _same_host(upstream: str, bind: str) -> bool:
+    """Whether an upstream host reaches the socket the gateway listens on."""
+    up = _LOOPBACK_V4 if upstream == "localhost" else ip_of(upstream)
+    own = _LOOPBACK_V4 if bind == "localhost" else ip_of(bind)
+    if up is None or own is None:
+        return upstream == bind
+    if up.is_unspecified:  # connecting to 0.0.0.0 reaches this machine's loopback
+        up = _LOOPBACK_V4 if up.version == 4 else ipaddress.IPv6Address("::1")
+    if own.is_unspecified:  # listening everywhere: loopback at least reaches it
+        return up.is_loopback and up.version == own.version
+    return up == own
+
+
+def self_loop(models: tuple[ModelConfig, ...], host: str, port: int) -> str | None:
+    """The endpoint that is the gateway's own address, if any: every request it got
+    would come back to the gateway, again and again."""
+    from urllib.parse import urlsplit
+
+    for i, m in enumerate(models):
+        for j, ep in enumerate(m.endpoints):
+            parts = urlsplit(ep.url)
+            ep_port = parts.port or (443 if parts.scheme == "https" else 80)
+            if port and ep_port == port and _same_host(parts.hostname or "", host):
+                return (
+                    f"models.{i}.endpoints.{j}.url: {ep.url} is this gateway's own address "
+                    f"({host}:{port}): every request would come back to it"
+                )
+    return None
+
+
 class Config(_Frozen):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -257,6 +317,13 @@ class Config(_Frozen):
                 if name in seen:
                     raise ValueError(f"model id or alias {name!r} is used twice")
                 seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _no_loop(self) -> Config:
+        problem = self_loop(self.models, self.server.host, self.server.port)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def model(self, model_id: str) -> ModelConfig | None:
@@ -311,7 +378,9 @@ def _format_validation(source: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {loc or '<root>'}: {msg}")
+        elif err["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 

@@ -107,3 +107,56 @@ def test_unreadable_key_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cfg.yaml: cannot read key file .*missing"):
         KeyStore(cfg)
     assert os.environ is not None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "169.254.169.254",
+        "2852039166",
+        "0xa9.0xfe.0xa9.0xfe",
+        "169.254.43518",
+        "[::ffff:169.254.169.254]",
+        "[fe80::1]",
+    ],
+)
+def test_link_local_upstreams_are_refused_in_every_notation(host: str) -> None:
+    raw = {"models": [{"id": "m", "backend": "openai", "endpoints": [{"url": f"http://{host}/v1"}]}]}
+    with pytest.raises(ConfigError, match=r"t.yaml: models.0.endpoints.0.url: link-local"):
+        build_config(raw, source="t.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("server", "url", "loops"),
+    [
+        ({"port": 8000}, "http://127.0.0.1:8000/v1", True),
+        ({"port": 8000}, "http://localhost:8000/v1", True),
+        ({"port": 8000}, "http://0.0.0.0:8000/v1", True),
+        ({"port": 80}, "http://127.0.0.1/v1", True),  # the scheme's port
+        ({"host": "0.0.0.0", "port": 8000}, "http://127.0.0.1:8000/v1", True),
+        ({"port": 8000}, "http://127.0.0.1:8001/v1", False),
+        ({"port": 8000}, "http://[::1]:8000/v1", False),  # another socket
+        ({"host": "10.0.0.5", "port": 8000}, "http://127.0.0.1:8000/v1", False),
+        ({"port": 0}, "http://127.0.0.1:8000/v1", False),
+    ],
+)
+def test_an_endpoint_at_the_gateways_own_address_is_refused(server: dict, url: str, loops: bool) -> None:
+    raw = {"server": server, "models": [{"id": "m", "backend": "openai", "endpoints": [{"url": url}]}]}
+    if loops:
+        with pytest.raises(
+            ConfigError, match=r"^t.yaml: models.0.endpoints.0.url: .* this gateway's own address"
+        ):
+            build_config(raw, source="t.yaml", environ={})
+    else:
+        build_config(raw, source="t.yaml", environ={})
+
+
+def test_serve_flags_that_move_the_gateway_onto_an_endpoint_are_refused() -> None:
+    from modelgate.api.server import _resolve_bind
+
+    raw = {"auth": {"api_keys": ["mg_k_0123456789abcdefghijklmnop"]}}
+    raw["models"] = [{"id": "m", "backend": "openai", "endpoints": [{"url": "http://127.0.0.1:9000/v1"}]}]
+    cfg = build_config(raw, source="t.yaml", environ={})
+    assert _resolve_bind(cfg, None, 9001) == ("127.0.0.1", 9001)
+    with pytest.raises(ConfigError, match="own address"):
+        _resolve_bind(cfg, None, 9000)

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import STATE, Routes, State
 from modelgate.backends.base import BackendContext
+from modelgate.backends.http import upstream_session
 from modelgate.config import Config
 from modelgate.metrics import Metrics
 from modelgate.router.router import Router
@@ -56,10 +56,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     services: Services = app[SERVICES]  # type: ignore[assignment]
     if services.events is None:
         services.events = state.metrics
-    connector = aiohttp.TCPConnector(
-        limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
-    )
-    http = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    http = upstream_session()
     router: Router | None = None
     try:
         if services.storage is None and _needs_storage(config):

@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from modelgate.api.app import STATE, build_app
-from modelgate.config import Config, ModelConfig
+from modelgate.config import Config, ModelConfig, self_loop
 from modelgate.errors import ConfigError
 from modelgate.logs import setup_logging
 
@@ -50,6 +50,9 @@ def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[s
         host = "127.0.0.1"
     elif not config.auth.configured:
         log.warning("no API keys configured: every route is open to local clients")
+    problem = self_loop(config.models, host, port)  # --host / --port may have moved the gateway
+    if problem:
+        raise ConfigError(f"{config.source}: {problem}")
     return host, port
 
 

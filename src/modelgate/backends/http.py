@@ -3,17 +3,57 @@ non-2xx answers become the error tree here, once."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from modelgate.backends.upstream_errors import error_from_status
+from modelgate.config import is_link_local
 from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError
 
 MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
 _ERROR_BODY = 65536  # how much of an error answer is read to explain it
+
+
+class UpstreamResolver(ThreadedResolver):
+    """Name resolution for upstream connections that never yields a link-local
+    address (169.254.0.0/16, fe80::/10: where cloud metadata services answer), so a
+    name an attacker can point there (DNS rebinding) is refused at connect time, as
+    such addresses are refused in the config.  Literal addresses skip resolvers:
+    the config's check covers those."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await super().resolve(host, port, family)
+        allowed = [r for r in found if not is_link_local(r["host"])]
+        if not allowed:
+            raise OSError(f"{host} resolves only to link-local addresses, which are never upstreams")
+        return allowed
+
+
+def upstream_session(timeout: aiohttp.ClientTimeout | None = None) -> aiohttp.ClientSession:
+    """The HTTP client for upstreams (one per gateway): pooled keep-alive connections
+    without a cap of aiohttp's own (the router bounds in-flight requests), cached DNS
+    answers through ``UpstreamResolver``, no proxies or netrc from the environment."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=30,
+        enable_cleanup_closed=True,
+        resolver=UpstreamResolver(),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=True,
+        trust_env=False,
+        timeout=aiohttp.client.DEFAULT_TIMEOUT if timeout is None else timeout,
+    )
 
 
 def client_timeout(connect_s: float) -> aiohttp.ClientTimeout:

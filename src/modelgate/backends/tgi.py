@@ -87,7 +87,7 @@ class TGIBackend:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             if self._own_http is None:
-                self._own_http = aiohttp.ClientSession()
+                self._own_http = http.upstream_session()
             return self._own_http
         return self._http
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import aiohttp
 import pytest
 from tests.integration.api.conftest import ADMIN_KEY, API_KEY, SCOPED_KEY
@@ -105,6 +107,19 @@ async def test_chunked_oversized_body_is_413(gateway: str) -> None:
         yield b'"}]}'
 
     status, body, _ = await call(gateway, "POST", CHAT, data=gen())  # type: ignore[arg-type]
+    assert status == 413
+    assert_openai_error(body)
+
+
+async def test_gzip_bomb_is_413(gateway: str) -> None:
+    # 256 MiB of JSON in about 250 KB of gzip: the limit holds for the inflated body
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    parts = [z.compress(b'{"model": "gpt-test", "messages": [{"role": "user", "content": "')]
+    parts += [z.compress(b"z" * (1 << 20)) for _ in range(256)]
+    parts.append(z.compress(b'"}]}') + z.flush())
+    bomb = b"".join(parts)
+    assert len(bomb) < 1 << 20
+    status, body, _ = await call(gateway, "POST", CHAT, data=bomb, headers={"Content-Encoding": "gzip"})
     assert status == 413
     assert_openai_error(body)
 
