@@ -52,6 +52,8 @@ class ApiKey(_Frozen):
     key_env: str | None = None
     name: str | None = None
     models: tuple[str, ...] | None = None  # None: every model
+    rpm: int | None = Field(None, ge=1)  # requests per minute (a token bucket)
+    max_in_flight: int | None = Field(None, ge=1)  # requests at once
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:

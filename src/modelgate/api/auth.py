@@ -2,8 +2,9 @@
 
 Keys come from config, a file (one key per line, ``#`` comments) or an environment
 variable (comma-separated; resolved by ``config.py``).  Each key may be scoped to
-models.  Admin keys reach ``/admin/*`` and nothing else needs them.  Repeated
-failures from one client address are rate-limited.
+models and limited in requests per minute and in flight (``limits.py``).  Admin keys
+reach ``/admin/*`` and nothing else needs them.  Repeated failures from one client
+address are rate-limited.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import hmac
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from modelgate.api.limits import KeyLimits
 from modelgate.config import ApiKey, AuthConfig, Config, KeyEntry
 from modelgate.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
 
@@ -29,6 +31,7 @@ class Principal:
     name: str
     admin: bool
     models: frozenset[str] | None  # None: every model
+    limits: KeyLimits | None = field(default=None, compare=False)  # None: unlimited
 
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
@@ -82,7 +85,10 @@ class KeyStore:
             if isinstance(entry, ApiKey):
                 key = entry.key if entry.key is not None else config.secret(entry.key_env or "")
                 scope = frozenset(entry.models) if entry.models is not None else None
-                self._add(key, Principal(entry.name or f"{kind}-{i}", admin, scope), src)
+                limits = None
+                if entry.rpm is not None or entry.max_in_flight is not None:
+                    limits = KeyLimits(entry.rpm, entry.max_in_flight)
+                self._add(key, Principal(entry.name or f"{kind}-{i}", admin, scope, limits), src)
             else:
                 self._add(entry, Principal(f"{kind}-{i}", admin, None), src)
         if file:

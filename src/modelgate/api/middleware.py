@@ -112,11 +112,15 @@ async def _guard(request: web.Request, *, handler: Handler) -> web.StreamRespons
     info = request[INFO] = RequestInfo(rid, state)
     path = request.path
     status = 500
+    limits = None
     try:
         if path not in OPEN_ROUTES:
-            info.principal = state.keys.authenticate(
+            principal = info.principal = state.keys.authenticate(
                 request.headers.get("Authorization"), request.remote or "?", scope=_scope(path)
             )
+            if principal.limits is not None:
+                principal.limits.acquire()
+                limits = principal.limits
         response = await handler(request)
         status = response.status
         if not response.prepared:
@@ -138,6 +142,8 @@ async def _guard(request: web.Request, *, handler: Handler) -> web.StreamRespons
         status = 500
         return error_response(InternalError("The server had an error while processing your request."), rid)
     finally:
+        if limits is not None:  # the whole answer, streamed or not, has gone out
+            limits.release()
         elapsed = time.perf_counter() - start
         model, route, usage = info.model, info.route, info.usage
         if route != "other":

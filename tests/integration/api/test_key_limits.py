@@ -1,0 +1,75 @@
+"""Per-key limits through the real gateway, as the openai SDK meets them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from tests.support.gateway import make_config, running_gateway
+from tests.support.openai_upstream import FakeOpenAI
+
+PACED = "mg_paced_0123456789abcdefghij"  # 3 requests per minute
+SINGLE = "mg_single_0123456789abcdefghij"  # one request at a time
+FREE = "mg_free_0123456789abcdefghij"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
+    raw = {
+        "auth": {
+            "api_keys": [
+                {"key": PACED, "rpm": 3},
+                {"key": SINGLE, "max_in_flight": 1},
+                FREE,
+            ]
+        },
+        "models": [
+            {
+                "id": "gpt-test",
+                "backend": "openai",
+                "endpoints": [{"url": upstream.url, "upstream_model": upstream.model}],
+            }
+        ],
+    }
+    async with running_gateway(make_config(raw)) as url:
+        yield url
+
+
+def client(base: str, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10)
+
+
+async def test_requests_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -> None:
+    paced = client(gateway, PACED)
+    for _ in range(3):
+        await paced.chat.completions.create(model="gpt-test", messages=MSG)
+    with pytest.raises(openai.RateLimitError) as exc:
+        await paced.chat.completions.create(model="gpt-test", messages=MSG)
+    assert exc.value.status_code == 429
+    assert exc.value.response.headers["Retry-After"] == "20"  # one request every 20 s
+    assert exc.value.code == "rate_limit_exceeded"
+    assert len(upstream.requests) == 3  # the refused one never left the gateway
+    # another key is not held back by it
+    await client(gateway, FREE).chat.completions.create(model="gpt-test", messages=MSG)
+    # and a stream counts as one request
+    with pytest.raises(openai.RateLimitError):
+        await paced.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
+
+
+async def test_requests_in_flight_per_key(gateway: str, upstream: FakeOpenAI) -> None:
+    single = client(gateway, SINGLE)
+    upstream.plan[:] = [("slow", 0.5)]
+    first = asyncio.create_task(single.chat.completions.create(model="gpt-test", messages=MSG))
+    while not upstream.requests:  # the first is at the upstream now
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.RateLimitError) as exc:
+        await single.chat.completions.create(model="gpt-test", messages=MSG)
+    assert exc.value.response.headers["Retry-After"] == "1"
+    assert (await first).choices[0].finish_reason == "stop"
+    # its slot is free again once the answer is out, streamed answers too
+    stream = await single.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
+    assert [c async for c in stream]
+    await single.chat.completions.create(model="gpt-test", messages=MSG)
