@@ -53,6 +53,7 @@ class ApiKey(_Frozen):
     name: str | None = None
     models: tuple[str, ...] | None = None  # None: every model
     rpm: int | None = Field(None, ge=1)  # requests per minute (a token bucket)
+    tpm: int | None = Field(None, ge=1)  # tokens per minute, prompt and completion
     max_in_flight: int | None = Field(None, ge=1)  # requests at once
 
     @model_validator(mode="after")

@@ -86,8 +86,8 @@ class KeyStore:
                 key = entry.key if entry.key is not None else config.secret(entry.key_env or "")
                 scope = frozenset(entry.models) if entry.models is not None else None
                 limits = None
-                if entry.rpm is not None or entry.max_in_flight is not None:
-                    limits = KeyLimits(entry.rpm, entry.max_in_flight)
+                if entry.rpm or entry.tpm or entry.max_in_flight:
+                    limits = KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
                 self._add(key, Principal(entry.name or f"{kind}-{i}", admin, scope, limits), src)
             else:
                 self._add(entry, Principal(f"{kind}-{i}", admin, None), src)

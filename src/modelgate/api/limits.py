@@ -1,9 +1,12 @@
-"""Per-key request limits: requests per minute and requests in flight.
+"""Per-key request limits: requests per minute, tokens per minute, requests in flight.
 
-Requests per minute are a token bucket that holds one minute's allowance and refills
+Each per-minute limit is a bucket that holds one minute's allowance and refills
 continuously, so a key may burst up to its limit and then goes at the limit's pace.
-A request over either limit is a 429 with an integer ``Retry-After``.  The counts
-live in this process: with ``--workers N`` each worker enforces them on its own.
+Tokens are known only once an answer is done: they are taken from the bucket then
+(prompt and completion, as the upstream counted them), and a key whose bucket is
+empty waits until it has refilled.  A request over any limit is a 429 with an integer
+``Retry-After``.  The counts live in this process: with ``--workers N`` each worker
+enforces them on its own.
 """
 
 from __future__ import annotations
@@ -14,19 +17,47 @@ from collections.abc import Callable
 from modelgate.errors import RateLimited
 
 
+class _Bucket:
+    """One minute's allowance, refilled continuously; may go below zero when a cost
+    is known only afterwards (tokens)."""
+
+    __slots__ = ("_clock", "_level", "_rate", "_stamp", "limit")
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.limit = per_minute
+        self._rate = per_minute / 60.0
+        self._level = float(per_minute)
+        self._clock = clock
+        self._stamp = clock()
+
+    def level(self) -> float:
+        now = self._clock()
+        self._level = min(float(self.limit), self._level + (now - self._stamp) * self._rate)
+        self._stamp = now
+        return self._level
+
+    def wait_for(self, level: float) -> float:
+        """Seconds until the bucket holds ``level`` (after ``level()``)."""
+        return (level - self._level) / self._rate
+
+    def take(self, amount: float) -> None:
+        self._level -= amount
+
+
 class KeyLimits:
     """One key's limits and what it has used of them."""
 
-    __slots__ = ("_clock", "_rate", "_rpm", "_stamp", "_tokens", "in_flight", "max_in_flight")
+    __slots__ = ("_requests", "_tokens", "in_flight", "max_in_flight")
 
     def __init__(
-        self, rpm: int | None, max_in_flight: int | None, clock: Callable[[], float] = time.monotonic
+        self,
+        rpm: int | None,
+        max_in_flight: int | None,
+        tpm: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._rpm = rpm
-        self._rate = rpm / 60.0 if rpm else 0.0  # tokens per second
-        self._tokens = float(rpm or 0)
-        self._clock = clock
-        self._stamp = clock()
+        self._requests = _Bucket(rpm, clock) if rpm else None
+        self._tokens = _Bucket(tpm, clock) if tpm else None
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
@@ -38,20 +69,30 @@ class KeyLimits:
                 f"its limit. Retry when one has finished.",
                 retry_after=1,
             )
-        if self._rpm:
-            now = self._clock()
-            tokens = min(float(self._rpm), self._tokens + (now - self._stamp) * self._rate)
-            self._stamp = now
-            if tokens < 1.0:
-                self._tokens = tokens
-                wait = (1.0 - tokens) / self._rate
+        tokens = self._tokens
+        if tokens is not None and tokens.level() <= 0.0:
+            wait = tokens.wait_for(1.0)
+            raise RateLimited(
+                f"Rate limit reached for tokens per minute (TPM): limit {tokens.limit}. "
+                f"Please try again in {wait:.1f}s.",
+                retry_after=wait,
+            )
+        requests = self._requests
+        if requests is not None:
+            if requests.level() < 1.0:
+                wait = requests.wait_for(1.0)
                 raise RateLimited(
-                    f"Rate limit reached for requests per minute (RPM): limit {self._rpm}. "
+                    f"Rate limit reached for requests per minute (RPM): limit {requests.limit}. "
                     f"Please try again in {wait:.1f}s.",
                     retry_after=wait,
                 )
-            self._tokens = tokens - 1.0
+            requests.take(1.0)
         self.in_flight += 1
 
-    def release(self) -> None:
+    def release(self, used_tokens: int = 0) -> None:
+        """The request is over; ``used_tokens`` (prompt + completion) come off the key's
+        tokens-per-minute allowance."""
         self.in_flight -= 1
+        if self._tokens is not None and used_tokens:
+            self._tokens.level()
+            self._tokens.take(used_tokens)

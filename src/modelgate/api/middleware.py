@@ -142,10 +142,10 @@ async def _guard(request: web.Request, *, handler: Handler) -> web.StreamRespons
         status = 500
         return error_response(InternalError("The server had an error while processing your request."), rid)
     finally:
-        if limits is not None:  # the whole answer, streamed or not, has gone out
-            limits.release()
         elapsed = time.perf_counter() - start
         model, route, usage = info.model, info.route, info.usage
+        if limits is not None:  # the whole answer, streamed or not, has gone out
+            limits.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
         if route != "other":
             metrics = state.metrics
             metrics.child(metrics.requests, model, route, str(status)).inc()

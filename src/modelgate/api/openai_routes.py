@@ -166,6 +166,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         if any(len(v) < req.dimensions for v in result.vectors):
             raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
         result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
+    request[INFO].usage = Usage(result.prompt_tokens, 0)
     state.metrics.child(state.metrics.tokens, model.id, "prompt").inc(result.prompt_tokens)
     data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
     return web.Response(body=orjson.dumps(data), content_type="application/json")

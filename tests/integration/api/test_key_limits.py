@@ -12,6 +12,7 @@ from tests.support.openai_upstream import FakeOpenAI
 
 PACED = "mg_paced_0123456789abcdefghij"  # 3 requests per minute
 SINGLE = "mg_single_0123456789abcdefghij"  # one request at a time
+TOKENS = "mg_tokens_0123456789abcdefghij"  # 10 tokens per minute
 FREE = "mg_free_0123456789abcdefghij"
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -23,6 +24,7 @@ async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
             "api_keys": [
                 {"key": PACED, "rpm": 3},
                 {"key": SINGLE, "max_in_flight": 1},
+                {"key": TOKENS, "tpm": 10},
                 FREE,
             ]
         },
@@ -73,3 +75,17 @@ async def test_requests_in_flight_per_key(gateway: str, upstream: FakeOpenAI) ->
     stream = await single.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
     assert [c async for c in stream]
     await single.chat.completions.create(model="gpt-test", messages=MSG)
+
+
+async def test_tokens_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -> None:
+    tokens = client(gateway, TOKENS)
+    first = await tokens.chat.completions.create(model="gpt-test", messages=MSG)
+    assert first.usage is not None and first.usage.total_tokens == 9  # 1 of 10 left
+    # admitted while the allowance is not spent, then the answer's tokens are taken
+    stream = await tokens.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
+    assert [c async for c in stream]
+    with pytest.raises(openai.RateLimitError) as exc:
+        await tokens.chat.completions.create(model="gpt-test", messages=MSG)
+    assert "tokens per minute" in exc.value.message
+    assert int(exc.value.response.headers["Retry-After"]) > 60  # the stream's tokens are owed too
+    assert len(upstream.requests) == 2

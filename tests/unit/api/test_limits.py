@@ -64,3 +64,20 @@ def test_a_refused_request_uses_nothing() -> None:
         limits.release()
     with pytest.raises(RateLimited):
         limits.acquire()
+
+
+def test_tokens_per_minute_are_taken_when_known() -> None:
+    clock = Clock()
+    limits = KeyLimits(rpm=None, max_in_flight=None, tpm=600, clock=clock)  # 10 tokens a second
+    limits.acquire()
+    limits.acquire()  # both admitted: neither has used anything yet
+    limits.release(500)
+    limits.release(400)  # 900 used of 600: the key owes 300
+    with pytest.raises(RateLimited) as exc:
+        limits.acquire()
+    assert "tokens per minute" in exc.value.message
+    assert exc.value.headers() == {"Retry-After": "31"}  # 300 owed + 1 at 10/s
+    clock.now += 31
+    limits.acquire()
+    limits.release(0)
+    assert limits.in_flight == 0
