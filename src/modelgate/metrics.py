@@ -125,9 +125,23 @@ class Metrics:
         self.attempts = HotMetric(
             "modelgate_upstream_attempts", "Upstream attempts", ["model", "endpoint", "outcome"], "counter"
         )
+        self.key_refusals = HotMetric(
+            "modelgate_key_limit_refusals",
+            "Requests refused by a key's own limits",
+            ["key", "limit"],
+            "counter",
+        )
         r.register(
             _HotCollector(
-                [self.requests, self.latency, self.ttft, self.in_flight, self.tokens, self.attempts]
+                [
+                    self.requests,
+                    self.latency,
+                    self.ttft,
+                    self.in_flight,
+                    self.tokens,
+                    self.attempts,
+                    self.key_refusals,
+                ]
             )
         )
         self.state_changes = Counter(
@@ -210,6 +224,12 @@ class Metrics:
                 self.child(self.lifecycle, model, url, state).set(1 if ep.get("state") == state else 0)
             if ep.get("last_exit_code") is not None:
                 self.child(self.exit_code, model, url).set(ep["last_exit_code"])
+
+    def key_limits(self, refused: dict[str, dict[str, int]]) -> None:
+        """Mirror the keys' refusal counts (read at scrape time, never kept twice)."""
+        for key, counts in refused.items():
+            for limit, count in counts.items():
+                self.child(self.key_refusals, key, limit).value = count
 
     def gauge(self, model: str, name: str, value: float) -> None:
         self.engine.labels(model, name).set(value)

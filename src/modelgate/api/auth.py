@@ -115,6 +115,15 @@ class KeyStore:
             raise PermissionDenied("Admin keys may not be used for inference; use an API key.")
         return principal
 
+    def limited(self) -> dict[str, dict[str, int]]:
+        """Key name -> requests refused by each of its limits (keys with limits only)."""
+        return {
+            principal.name: principal.limits.refused
+            for entries in self._keys.values()
+            for _, principal in entries
+            if principal.limits is not None
+        }
+
     def _lookup(self, token: str) -> Principal | None:
         digest = self._digest(token)
         for known, principal in self._keys.get(digest[:8], ()):

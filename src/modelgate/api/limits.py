@@ -47,7 +47,7 @@ class _Bucket:
 class KeyLimits:
     """One key's limits and what it has used of them."""
 
-    __slots__ = ("_requests", "_tokens", "in_flight", "max_in_flight")
+    __slots__ = ("_requests", "_tokens", "in_flight", "max_in_flight", "refused")
 
     def __init__(
         self,
@@ -60,10 +60,12 @@ class KeyLimits:
         self._tokens = _Bucket(tpm, clock) if tpm else None
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.refused = {"rpm": 0, "tpm": 0, "in_flight": 0}  # requests refused, by limit
 
     def acquire(self) -> None:
         """Admit one request (``release`` when it ends) or raise ``RateLimited``."""
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            self.refused["in_flight"] += 1
             raise RateLimited(
                 f"Rate limit reached for concurrent requests: this key has {self.in_flight} in flight, "
                 f"its limit. Retry when one has finished.",
@@ -71,6 +73,7 @@ class KeyLimits:
             )
         tokens = self._tokens
         if tokens is not None and tokens.level() <= 0.0:
+            self.refused["tpm"] += 1
             wait = tokens.wait_for(1.0)
             raise RateLimited(
                 f"Rate limit reached for tokens per minute (TPM): limit {tokens.limit}. "
@@ -80,6 +83,7 @@ class KeyLimits:
         requests = self._requests
         if requests is not None:
             if requests.level() < 1.0:
+                self.refused["rpm"] += 1
                 wait = requests.wait_for(1.0)
                 raise RateLimited(
                     f"Rate limit reached for requests per minute (RPM): limit {requests.limit}. "

@@ -62,6 +62,7 @@ async def metrics(request: web.Request) -> web.Response:
     supervisor = getattr(_services(request), "supervisor", None)
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
+    state.metrics.key_limits(state.keys.limited())
     resp = web.Response(body=state.metrics.render())
     resp.headers["Content-Type"] = state.metrics.content_type
     return resp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import openai
 import pytest
 from tests.support.gateway import make_config, running_gateway
@@ -22,7 +23,7 @@ async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
     raw = {
         "auth": {
             "api_keys": [
-                {"key": PACED, "rpm": 3},
+                {"key": PACED, "rpm": 3, "name": "team-paced"},
                 {"key": SINGLE, "max_in_flight": 1},
                 {"key": TOKENS, "tpm": 10},
                 FREE,
@@ -59,6 +60,14 @@ async def test_requests_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -
     # and a stream counts as one request
     with pytest.raises(openai.RateLimitError):
         await paced.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
+    # operators see which key hit which limit (by its name, never the key)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gateway + "/metrics", headers={"Authorization": f"Bearer {FREE}"}) as r,
+    ):
+        text = await r.text()
+    assert 'modelgate_key_limit_refusals_total{key="team-paced",limit="rpm"} 2.0' in text
+    assert PACED not in text
 
 
 async def test_requests_in_flight_per_key(gateway: str, upstream: FakeOpenAI) -> None:
