@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ class ApiKey(_Frozen):
     key_env: str | None = None
     name: str | None = None
     models: tuple[str, ...] | None = None  # None: every model
+    expires: datetime | None = None  # ISO 8601; without a zone: UTC
     rpm: int | None = Field(None, ge=1)  # requests per minute (a token bucket)
     tpm: int | None = Field(None, ge=1)  # tokens per minute, prompt and completion
     max_in_flight: int | None = Field(None, ge=1)  # requests at once

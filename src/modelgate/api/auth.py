@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ class Principal:
     admin: bool
     models: frozenset[str] | None  # None: every model
     limits: KeyLimits | None = field(default=None, compare=False)  # None: unlimited
+    expires_at: float | None = None  # epoch seconds; None: never
 
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
@@ -51,7 +53,11 @@ def _read_key_file(path: str, source: str) -> list[str]:
 class KeyStore:
     """Digests of the configured keys and what each may do."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, previous: KeyStore | None = None) -> None:
+        # a reloaded store keeps the limits (and what was used of them) of every key
+        # whose name and limits did not change
+        self._kept = previous._limits if previous is not None else {}
+        self._limits: dict[tuple[str, int | None, int | None, int | None], KeyLimits] = {}
         # keyed once; each lookup copies the keyed state (cheaper than a fresh HMAC)
         self._mac = hmac.new(secrets.token_bytes(32), digestmod=hashlib.sha256)
         # digest prefix -> (full digest, principal): found by the prefix, then the whole
@@ -85,10 +91,17 @@ class KeyStore:
             if isinstance(entry, ApiKey):
                 key = entry.key if entry.key is not None else config.secret(entry.key_env or "")
                 scope = frozenset(entry.models) if entry.models is not None else None
+                name = entry.name or f"{kind}-{i}"
                 limits = None
                 if entry.rpm or entry.tpm or entry.max_in_flight:
-                    limits = KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
-                self._add(key, Principal(entry.name or f"{kind}-{i}", admin, scope, limits), src)
+                    limits = self._kept.get((name, entry.rpm, entry.tpm, entry.max_in_flight))
+                    limits = limits or KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
+                    self._limits[(name, entry.rpm, entry.tpm, entry.max_in_flight)] = limits
+                expires = entry.expires
+                if expires is not None and expires.tzinfo is None:
+                    expires = expires.replace(tzinfo=UTC)
+                expires_at = expires.timestamp() if expires is not None else None
+                self._add(key, Principal(name, admin, scope, limits, expires_at), src)
             else:
                 self._add(entry, Principal(f"{kind}-{i}", admin, None), src)
         if file:
@@ -109,11 +122,18 @@ class KeyStore:
         if principal is None:
             self._fail(client)
             raise AuthenticationFailed("Incorrect API key provided." if token else "Missing API key.")
+        if principal.expires_at is not None and time.time() >= principal.expires_at:
+            self._fail(client)
+            raise AuthenticationFailed("This API key has expired.")
         if scope == "admin" and not principal.admin:
             raise PermissionDenied("This key may not use the admin API.")
         if scope == "inference" and principal.admin:
             raise PermissionDenied("Admin keys may not be used for inference; use an API key.")
         return principal
+
+    @property
+    def count(self) -> int:
+        return sum(len(entries) for entries in self._keys.values())
 
     def limited(self) -> dict[str, dict[str, int]]:
         """Key name -> requests refused by each of its limits (keys with limits only)."""

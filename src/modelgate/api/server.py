@@ -15,6 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from modelgate.api.app import STATE, build_app
+from modelgate.api.auth import KeyStore
+from modelgate.api.middleware import State
 from modelgate.config import Config, ModelConfig, self_loop
 from modelgate.errors import ConfigError
 from modelgate.logs import setup_logging
@@ -74,11 +76,24 @@ async def run_server(config: Config, host: str, port: int, *, reuse_port: bool =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[STATE])
     await stop.wait()
     log.info("draining", extra={"timeout_s": config.server.drain_timeout_s})
     app[STATE].draining = True
     await runner.cleanup()
     log.info("stopped")
+
+
+def reload_keys(state: State) -> None:
+    """SIGHUP: read the key files again (revoked keys stop working, new ones start),
+    keeping what each unchanged key used of its limits.  A file that cannot be read
+    leaves the keys as they were."""
+    try:
+        state.keys = KeyStore(state.config, previous=state.keys)
+    except ConfigError as exc:
+        log.error("keys not reloaded; the previous keys stay", extra={"error": exc.message})
+        return
+    log.info("keys reloaded", extra={"keys": state.keys.count})
 
 
 def _run_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
@@ -119,6 +134,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     for p in procs:
         p.join()
     return max((p.exitcode or 0) for p in procs)

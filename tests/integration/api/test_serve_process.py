@@ -183,3 +183,53 @@ def test_workers_refuse_a_config_with_local_models(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 2 and "--workers > 1 needs a gateway-only config" in r.stderr
+
+
+async def test_sighup_reloads_the_key_file(tmp_path: Path) -> None:
+    upstream = await FakeOpenAI().start()
+    keys = tmp_path / "keys"
+    old, new = "mg_old_0123456789abcdefghij", "mg_new_0123456789abcdefghij"
+    keys.write_text(f"{old}\n")
+    cfg = yaml.safe_load(write_config(tmp_path, upstream.url).read_text())
+    cfg["auth"] = {"api_keys_file": str(keys)}
+    (tmp_path / "modelgate.yaml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    proc = subprocess.Popen(
+        modelgate("serve", "--config", str(tmp_path / "modelgate.yaml"), "--port", str(port)),
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def status(key: str) -> int:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}) as r,
+        ):
+            return r.status
+
+    async def after_sighup(expect_old: int) -> None:
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(100):  # applied within a second
+            if await status(old) == expect_old:
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        await wait_ready(base, proc)
+        assert (await status(old), await status(new)) == (200, 401)
+        keys.write_text(f"{new}\n")  # the old key revoked, a new one issued
+        await after_sighup(expect_old=401)
+        assert (await status(old), await status(new)) == (401, 200)
+        keys.unlink()  # a reload that cannot read the file changes nothing
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        assert (await status(old), await status(new)) == (401, 200)
+        assert proc.poll() is None  # the same process all along
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        await upstream.stop()
+    log = err.decode()
+    assert "keys reloaded" in log and "keys not reloaded" in log
+    assert old not in log and new not in log

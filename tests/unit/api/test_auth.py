@@ -76,3 +76,38 @@ def test_no_keys_means_open_but_loopback_only() -> None:
     assert _resolve_bind(cfg, "0.0.0.0", 8000) == ("127.0.0.1", 8000)
     keyed = build_config({"auth": {"api_keys": [KEY]}}, source="x", environ={})
     assert _resolve_bind(keyed, "0.0.0.0", 8000) == ("0.0.0.0", 8000)
+
+
+def test_expired_keys_are_refused(tmp_path: Path) -> None:
+    ks = store(
+        tmp_path,
+        api_keys=[
+            {"key": KEY, "expires": "2020-01-01T00:00:00Z"},
+            {"key": "mg_later_0123456789abcdefgh", "expires": "2999-01-01T00:00:00"},  # no zone: UTC
+        ],
+    )
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        ks.authenticate(f"Bearer {KEY}", "c", scope="inference")
+    assert ks.authenticate("Bearer mg_later_0123456789abcdefgh", "c", scope="inference").name == "api-1"
+
+
+def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("mg_old_0123456789abcdefghij\n")
+    cfg = build_config(
+        {"auth": {"api_keys_file": str(keys), "api_keys": [{"key": KEY, "name": "paced", "rpm": 2}]}},
+        source="x",
+        environ={},
+    )
+    ks = KeyStore(cfg)
+    paced = ks.authenticate(f"Bearer {KEY}", "c", scope="inference")
+    assert paced.limits is not None
+    paced.limits.acquire()
+    keys.write_text("mg_new_0123456789abcdefghij\n")  # the old key revoked, a new one issued
+    reloaded = KeyStore(cfg, previous=ks)
+    with pytest.raises(AuthenticationFailed):
+        reloaded.authenticate("Bearer mg_old_0123456789abcdefghij", "c", scope="inference")
+    assert reloaded.authenticate("Bearer mg_new_0123456789abcdefghij", "c", scope="inference")
+    again = reloaded.authenticate(f"Bearer {KEY}", "c", scope="inference")
+    assert again.limits is paced.limits  # what it used is still counted
+    assert again.limits.in_flight == 1
