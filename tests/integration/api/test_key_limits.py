@@ -98,3 +98,26 @@ async def test_tokens_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -> 
     assert "tokens per minute" in exc.value.message
     assert int(exc.value.response.headers["Retry-After"]) > 60  # the stream's tokens are owed too
     assert len(upstream.requests) == 2
+
+
+async def test_a_client_that_goes_away_frees_its_slot(gateway: str, upstream: FakeOpenAI) -> None:
+    # a leaked slot would lock the key out for good
+    upstream.plan[:] = [("hang", 2)]
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            gateway + "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": MSG, "stream": True},
+            headers={"Authorization": f"Bearer {SINGLE}"},
+        )
+        await resp.content.readuntil(b"t1")
+        resp.close()  # mid-stream
+    single = client(gateway, SINGLE)
+    for _ in range(100):  # the gateway notices within a second
+        try:
+            await single.chat.completions.create(model="gpt-test", messages=MSG)
+            break
+        except openai.RateLimitError:
+            await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the slot was never freed")
+    assert upstream.cancelled == 1
