@@ -2,9 +2,11 @@
 
 Keys come from config, a file (one key per line, ``#`` comments) or an environment
 variable (comma-separated; resolved by ``config.py``).  Each key may be scoped to
-models and limited in requests per minute and in flight (``limits.py``).  Admin keys
-reach ``/admin/*`` and nothing else needs them.  Repeated failures from one client
-address are rate-limited.
+models, limited (requests and tokens per minute, requests in flight: ``limits.py``)
+and given an expiry.  Admin keys reach ``/admin/*`` and nothing else needs them.
+Repeated failures from one client address are rate-limited.  A store built with
+``previous`` (SIGHUP) reads the key files again and keeps what the unchanged keys
+used of their limits and the failure counts.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def _read_key_file(path: str, source: str) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read key file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: key file {path} is not UTF-8 text") from exc
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -58,6 +62,7 @@ class KeyStore:
         # whose name and limits did not change
         self._kept = previous._limits if previous is not None else {}
         self._limits: dict[tuple[str, int | None, int | None, int | None], KeyLimits] = {}
+        self._failures: dict[str, list[float]] = previous._failures if previous is not None else {}
         # keyed once; each lookup copies the keyed state (cheaper than a fresh HMAC)
         self._mac = hmac.new(secrets.token_bytes(32), digestmod=hashlib.sha256)
         # digest prefix -> (full digest, principal): found by the prefix, then the whole
@@ -65,7 +70,6 @@ class KeyStore:
         self._keys: dict[bytes, list[tuple[bytes, Principal]]] = {}
         auth: AuthConfig = config.auth
         self.enabled = auth.configured
-        self._failures: dict[str, list[float]] = {}
         self._load(config, auth.api_keys, auth.api_keys_file, auth.api_keys_env, admin=False)
         self._load(config, auth.admin_keys, auth.admin_keys_file, auth.admin_keys_env, admin=True)
         if self.enabled and not self._keys:
@@ -94,9 +98,9 @@ class KeyStore:
                 name = entry.name or f"{kind}-{i}"
                 limits = None
                 if entry.rpm or entry.tpm or entry.max_in_flight:
-                    limits = self._kept.get((name, entry.rpm, entry.tpm, entry.max_in_flight))
-                    limits = limits or KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
-                    self._limits[(name, entry.rpm, entry.tpm, entry.max_in_flight)] = limits
+                    ident = (name, entry.rpm, entry.tpm, entry.max_in_flight)
+                    limits = self._kept.get(ident) or KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
+                    self._limits[ident] = limits
                 expires = entry.expires
                 if expires is not None and expires.tzinfo is None:
                     expires = expires.replace(tzinfo=UTC)

@@ -111,3 +111,10 @@ def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) 
     again = reloaded.authenticate(f"Bearer {KEY}", "c", scope="inference")
     assert again.limits is paced.limits  # what it used is still counted
     assert again.limits.in_flight == 1
+
+
+def test_a_key_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        store(tmp_path, api_keys_file=str(keys))
