@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +138,25 @@ class KeyStore:
     @property
     def count(self) -> int:
         return sum(len(entries) for entries in self._keys.values())
+
+    def describe(self) -> list[dict[str, object]]:
+        """Every key as the admin view shows it: name, kind, scope, expiry, limits and
+        their use; never the key or its digest."""
+        rows = []
+        for entries in self._keys.values():
+            for _, p in entries:
+                expires = p.expires_at
+                rows.append(
+                    {
+                        "name": p.name,
+                        "admin": p.admin,
+                        "models": sorted(p.models) if p.models is not None else None,
+                        "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else None,
+                        "expired": expires is not None and time.time() >= expires,
+                        "limits": p.limits.describe() if p.limits is not None else None,
+                    }
+                )
+        return sorted(rows, key=lambda r: (bool(r["admin"]), str(r["name"])))
 
     def limited(self) -> dict[str, dict[str, int]]:
         """Key name -> requests refused by each of its limits (keys with limits only)."""

@@ -62,6 +62,17 @@ class KeyLimits:
         self.in_flight = 0
         self.refused = {"rpm": 0, "tpm": 0, "in_flight": 0}  # requests refused, by limit
 
+    def describe(self) -> dict[str, object]:
+        """The limits and their use now, for the admin view."""
+        return {
+            "rpm": self._requests.limit if self._requests is not None else None,
+            "tpm": self._tokens.limit if self._tokens is not None else None,
+            "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
+            "tokens_left": round(self._tokens.level()) if self._tokens is not None else None,
+            "refused": dict(self.refused),
+        }
+
     def acquire(self) -> None:
         """Admit one request (``release`` when it ends) or raise ``RateLimited``."""
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:

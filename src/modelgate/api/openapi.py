@@ -111,5 +111,6 @@ def document() -> dict[str, Any]:
             ),
             "/metrics": _get("Prometheus metrics"),
             "/admin/endpoints": _get("Endpoint states (admin key)"),
+            "/admin/keys": _get("API keys by name: scope, expiry, limits and their use (admin key)"),
         },
     }

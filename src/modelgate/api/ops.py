@@ -84,6 +84,10 @@ async def admin_endpoints(request: web.Request) -> web.Response:
     return _json({"models": models})
 
 
+async def admin_keys(request: web.Request) -> web.Response:
+    return _json({"keys": _state(request).keys.describe()})
+
+
 async def openapi(request: web.Request) -> web.Response:
     from modelgate.api.openapi import document
 
@@ -95,4 +99,5 @@ def register(routes: Routes) -> None:
     routes.get("/ready", ready)
     routes.get("/metrics", metrics)
     routes.get("/admin/endpoints", admin_endpoints)
+    routes.get("/admin/keys", admin_keys)
     routes.get("/openapi.json", openapi)

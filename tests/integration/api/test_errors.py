@@ -151,6 +151,7 @@ async def test_unknown_route_and_method(gateway: str) -> None:
         CHAT,
         "/metrics",
         "/admin/endpoints",
+        "/admin/keys",
         "/v1/nope",
         "//health",
         "/v1%2Fmodels",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,6 +16,7 @@ PACED = "mg_paced_0123456789abcdefghij"  # 3 requests per minute
 SINGLE = "mg_single_0123456789abcdefghij"  # one request at a time
 TOKENS = "mg_tokens_0123456789abcdefghij"  # 10 tokens per minute
 FREE = "mg_free_0123456789abcdefghij"
+ADMIN = "mg_admin_0123456789abcdefghij"
 MSG = [{"role": "user", "content": "hi"}]
 
 
@@ -27,7 +29,8 @@ async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
                 {"key": SINGLE, "max_in_flight": 1},
                 {"key": TOKENS, "tpm": 10},
                 FREE,
-            ]
+            ],
+            "admin_keys": [ADMIN],
         },
         "models": [
             {
@@ -121,3 +124,25 @@ async def test_a_client_that_goes_away_frees_its_slot(gateway: str, upstream: Fa
     else:
         raise AssertionError("the slot was never freed")
     assert upstream.cancelled == 1
+
+
+async def test_admin_view_of_the_keys(gateway: str) -> None:
+    paced = client(gateway, PACED)
+    for _ in range(3):
+        await paced.chat.completions.create(model="gpt-test", messages=MSG)
+    with pytest.raises(openai.RateLimitError):
+        await paced.chat.completions.create(model="gpt-test", messages=MSG)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway + "/admin/keys", headers={"Authorization": f"Bearer {FREE}"}) as r:
+            assert r.status == 403  # an inference key may not look
+        async with http.get(gateway + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status == 200
+            raw = await r.text()
+    for key in (PACED, SINGLE, TOKENS, FREE, ADMIN):
+        assert key not in raw
+    keys = {k["name"]: k for k in json.loads(raw)["keys"]}
+    assert set(keys) == {"team-paced", "api-1", "api-2", "api-3", "admin-0"}
+    limits = keys["team-paced"]["limits"]
+    assert (limits["rpm"], limits["in_flight"], limits["refused"]["rpm"]) == (3, 0, 1)
+    assert keys["api-1"]["limits"]["max_in_flight"] == 1
+    assert keys["api-3"]["limits"] is None and keys["admin-0"]["admin"] is True
