@@ -84,25 +84,21 @@ class KeyLimits:
             )
         tokens = self._tokens
         if tokens is not None and tokens.level() <= 0.0:
-            self.refused["tpm"] += 1
-            wait = tokens.wait_for(1.0)
-            raise RateLimited(
-                f"Rate limit reached for tokens per minute (TPM): limit {tokens.limit}. "
-                f"Please try again in {wait:.1f}s.",
-                retry_after=wait,
-            )
+            raise self._over("tpm", "tokens per minute (TPM)", tokens)
         requests = self._requests
         if requests is not None:
             if requests.level() < 1.0:
-                self.refused["rpm"] += 1
-                wait = requests.wait_for(1.0)
-                raise RateLimited(
-                    f"Rate limit reached for requests per minute (RPM): limit {requests.limit}. "
-                    f"Please try again in {wait:.1f}s.",
-                    retry_after=wait,
-                )
+                raise self._over("rpm", "requests per minute (RPM)", requests)
             requests.take(1.0)
         self.in_flight += 1
+
+    def _over(self, kind: str, what: str, bucket: _Bucket) -> RateLimited:
+        self.refused[kind] += 1
+        wait = bucket.wait_for(1.0)
+        return RateLimited(
+            f"Rate limit reached for {what}: limit {bucket.limit}. Please try again in {wait:.1f}s.",
+            retry_after=wait,
+        )
 
     def release(self, used_tokens: int = 0) -> None:
         """The request is over; ``used_tokens`` (prompt + completion) come off the key's
