@@ -33,6 +33,9 @@ class ServerConfig(_Frozen):
     workers: int = Field(1, ge=1, le=256)
     max_body_bytes: int = Field(2_000_000, ge=1024)
     drain_timeout_s: float = Field(30.0, ge=0)
+    # a stream whose first token is slow: after this long, the 200 goes out and an SSE
+    # comment every this long keeps proxies' idle timeouts away (0: never)
+    sse_keepalive_s: float = Field(15.0, ge=0)
     access_log: bool = True
     log_prompts: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"

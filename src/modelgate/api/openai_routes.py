@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from modelgate.api.middleware import INFO, STATE, RequestInfo, Routes, State
-from modelgate.api.streaming import stream_sse
+from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
 from modelgate.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -123,10 +123,23 @@ async def _stream(
 ) -> web.StreamResponse:
     info = request[INFO]
     gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
+    keepalive = KeepAlive(request, state.config.server.sse_keepalive_s)
     try:
-        first = await anext(gen, None)
+        try:
+            first = await anext(gen, None)
+        except (ConnectionResetError, ConnectionError):
+            raise
+        except Exception as exc:
+            await keepalive.stop()
+            if keepalive.response is None:  # nothing sent yet: an HTTP error as usual
+                raise
+            await fail_stream(keepalive.response, exc, info.rid, [])
+            return keepalive.response
+        finally:
+            await keepalive.stop()
         _first_token(state, info, req.model, started)
-        resp = await stream_sse(request, req, gen, first, render.ChunkRenderer(req, out_id, client_model))
+        renderer = render.ChunkRenderer(req, out_id, client_model)
+        resp = await stream_sse(request, req, gen, first, renderer, keepalive.response)
         _count_tokens(state, req.model, info.usage)
         return resp
     finally:

@@ -8,6 +8,7 @@ generator cancels the upstream request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -38,15 +39,76 @@ def _event(body: object) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+def sse_response(rid: str) -> web.StreamResponse:
+    return _SSEResponse(status=200, headers={**SSE_HEADERS, "x-request-id": rid})
+
+
+class KeepAlive:
+    """Until a stream's first chunk: after ``interval`` seconds of silence the 200 goes
+    out, then an SSE comment every ``interval``, so that the idle timeouts of proxies
+    and load balancers between here and the client do not cut a slow start.  A comment
+    is not content: failover before the first token stays unseen.  One loop timer
+    while nothing is slow; a task of its own only once it is."""
+
+    __slots__ = ("_interval", "_request", "_task", "_timer", "response")
+
+    def __init__(self, request: web.Request, interval: float) -> None:
+        self._request = request
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(interval, self._start) if interval > 0 else None
+        self.response: web.StreamResponse | None = None  # prepared once the first comment is due
+
+    def _start(self) -> None:
+        self._timer = None
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        resp = self.response = sse_response(self._request[INFO].rid)
+        await resp.prepare(self._request)  # no await inside suspends: never cut halfway
+        while True:
+            await resp.write(b": keep-alive\n\n")
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        """The first chunk is here (or the stream failed): no more comments."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()  # it waits in sleep() or drain(): what it wrote is whole
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we were cancelled too (the client went away)
+
+
+async def fail_stream(resp: web.StreamResponse, exc: BaseException, rid: str, pending: list[bytes]) -> None:
+    """After the first byte: what is pending, then exactly one error event, no [DONE]."""
+    if isinstance(exc, ModelGateError):
+        pending.append(_event(exc.to_body()))
+        log.warning("stream failed", extra={"request_id": rid, "code": exc.code})
+    else:
+        log.error("stream failed", exc_info=exc, extra={"request_id": rid})
+        pending.append(_event(InternalError("The server had an error while streaming.").to_body()))
+    await resp.write(b"".join(pending))
+
+
 async def stream_sse(
     request: web.Request,
     req: GenerationRequest,
     gen: AsyncIterator[Chunk],
     first: Chunk | None,
     renderer: ChunkRenderer,
+    resp: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
-    resp = _SSEResponse(status=200, headers={**SSE_HEADERS, "x-request-id": request[INFO].rid})
-    await resp.prepare(request)
+    """The stream from its first chunk on (``resp``: already prepared by KeepAlive)."""
+    if resp is None:
+        resp = sse_response(request[INFO].rid)
+        await resp.prepare(request)
     usage = None
     pending: list[bytes] = []  # events already rendered, written together (see Chunk.buffered)
     try:
@@ -61,17 +123,10 @@ async def stream_sse(
                 await resp.write(pending[0] if len(pending) == 1 else b"".join(pending))
                 pending.clear()
             chunk = await anext(gen, None)
-    except ModelGateError as exc:
-        pending.append(_event(exc.to_body()))
-        await resp.write(b"".join(pending))
-        log.warning("stream failed", extra={"request_id": request[INFO].rid, "code": exc.code})
-        return resp
     except (ConnectionResetError, ConnectionError):
         raise
-    except Exception:
-        log.exception("stream failed", extra={"request_id": request[INFO].rid})
-        pending.append(_event(InternalError("The server had an error while streaming.").to_body()))
-        await resp.write(b"".join(pending))
+    except Exception as exc:
+        await fail_stream(resp, exc, request[INFO].rid, pending)
         return resp
     request[INFO].usage = usage
     pending.append(b"data: [DONE]\n\n")
