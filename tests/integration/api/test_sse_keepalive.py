@@ -58,7 +58,9 @@ async def test_a_slow_first_token_gets_comments_then_the_answer(gateway: str, up
     # the SDK reads past the comments
     upstream.plan[:] = [("slow", 0.5)]
     client = openai.AsyncOpenAI(base_url=gateway + "/v1", api_key=API_KEY, max_retries=0, timeout=10)
-    chunks = [c async for c in await client.chat.completions.create(model="gpt-test", messages=MSG, stream=True)]
+    chunks = [
+        c async for c in await client.chat.completions.create(model="gpt-test", messages=MSG, stream=True)
+    ]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("t0 ")
 
 
