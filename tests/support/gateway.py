@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from modelgate.api.app import build_app
@@ -29,3 +30,25 @@ async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def _stream_post(session: aiohttp.ClientSession, base: str, key: str, model: str) -> Any:
+    return session.post(
+        base + "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+async def stream_raw(base: str, key: str, model: str = "gpt-test") -> tuple[int, str]:
+    """A streamed chat answer as the bytes on the wire: (status, text)."""
+    async with aiohttp.ClientSession() as s, _stream_post(s, base, key, model) as r:
+        return r.status, (await r.read()).decode()
+
+
+async def hang_up_mid_stream(base: str, key: str, model: str = "gpt-test", after: bytes = b"t1") -> None:
+    """Start a streamed answer, read until ``after`` arrives, then go away."""
+    async with aiohttp.ClientSession() as s:
+        resp = await _stream_post(s, base, key, model)
+        await resp.content.readuntil(after)
+        resp.close()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import openai
 import pytest
-from tests.support.gateway import make_config, running_gateway
+from tests.support.gateway import hang_up_mid_stream, make_config, running_gateway
 from tests.support.openai_upstream import FakeOpenAI
 
 PACED = "mg_paced_0123456789abcdefghij"  # 3 requests per minute
@@ -106,14 +106,7 @@ async def test_tokens_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -> 
 async def test_a_client_that_goes_away_frees_its_slot(gateway: str, upstream: FakeOpenAI) -> None:
     # a leaked slot would lock the key out for good
     upstream.plan[:] = [("hang", 2)]
-    async with aiohttp.ClientSession() as http:
-        resp = await http.post(
-            gateway + "/v1/chat/completions",
-            json={"model": "gpt-test", "messages": MSG, "stream": True},
-            headers={"Authorization": f"Bearer {SINGLE}"},
-        )
-        await resp.content.readuntil(b"t1")
-        resp.close()  # mid-stream
+    await hang_up_mid_stream(gateway, SINGLE)
     single = client(gateway, SINGLE)
     for _ in range(100):  # the gateway notices within a second
         try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import aiohttp
 import openai
 import pytest
 from tests.integration.api.conftest import API_KEY
 from tests.support import openai_spec
-from tests.support.gateway import make_config, running_gateway
+from tests.support.gateway import make_config, running_gateway, stream_raw
 from tests.support.openai_upstream import FakeOpenAI
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -34,21 +33,9 @@ async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
         yield url
 
 
-async def stream(base: str) -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            base + "/v1/chat/completions",
-            json={"model": "gpt-test", "messages": MSG, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as r,
-    ):
-        return r.status, (await r.read()).decode()
-
-
 async def test_a_slow_first_token_gets_comments_then_the_answer(gateway: str, upstream: FakeOpenAI) -> None:
     upstream.plan[:] = [("slow", 0.7)]
-    status, raw = await stream(gateway)
+    status, raw = await stream_raw(gateway, API_KEY)
     assert status == 200
     head, _, rest = raw.partition("data: ")
     assert head and set(head.split("\n\n")) <= {": keep-alive", ""}  # comments only, before any data
@@ -65,13 +52,13 @@ async def test_a_slow_first_token_gets_comments_then_the_answer(gateway: str, up
 
 
 async def test_a_fast_stream_gets_none(gateway: str) -> None:
-    status, raw = await stream(gateway)
+    status, raw = await stream_raw(gateway, API_KEY)
     assert status == 200 and raw.startswith("data: ") and ": keep-alive" not in raw
 
 
 async def test_a_failure_after_the_comments_is_one_error_event(gateway: str, upstream: FakeOpenAI) -> None:
     upstream.plan[:] = [("slow", 5)]  # past the first-token timeout
-    status, raw = await stream(gateway)
+    status, raw = await stream_raw(gateway, API_KEY)
     assert status == 200  # the 200 went out with the first comment
     events = [e[len("data: ") :] for e in raw.split("\n\n") if e.startswith("data: ")]
     assert len(events) == 1 and "[DONE]" not in events

@@ -12,6 +12,7 @@ import openai
 import pytest
 from tests.integration.api.conftest import API_KEY, UPSTREAM_SECRET
 from tests.support import openai_spec
+from tests.support.gateway import hang_up_mid_stream, stream_raw
 from tests.support.openai_upstream import FakeOpenAI
 
 FIXTURES = json.loads((Path(openai_spec.SPEC).parent / "upstream-error-fixtures.json").read_text())
@@ -143,15 +144,7 @@ async def test_broken_streams_end_with_one_error_and_no_done(
     gateway: str, upstream: FakeOpenAI, step
 ) -> None:
     upstream.plan[:] = [step]
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            gateway + "/v1/chat/completions",
-            json={"model": "gpt-test", "messages": MSG, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as r,
-    ):
-        raw = (await r.read()).decode()
+    _, raw = await stream_raw(gateway, API_KEY)
     events = [e[len("data: ") :] for e in raw.split("\n\n") if e.startswith("data: ")]
     assert "[DONE]" not in events
     errors = [json.loads(e) for e in events if '"error"' in e]
@@ -175,14 +168,7 @@ async def test_broken_streams_end_with_one_error_and_no_done(
 
 async def test_client_disconnect_cancels_upstream(gateway: str, upstream: FakeOpenAI) -> None:
     upstream.plan[:] = [("hang", 2)]
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(
-            gateway + "/v1/chat/completions",
-            json={"model": "gpt-test", "messages": MSG, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        await resp.content.readuntil(b"t1")
-        resp.close()  # the client goes away mid-stream
+    await hang_up_mid_stream(gateway, API_KEY)
     for _ in range(50):
         if upstream.cancelled:
             break
