@@ -34,7 +34,7 @@ async def gateway(upstream: FakeOpenAI) -> AsyncIterator[str]:
 
 
 async def test_a_slow_first_token_gets_comments_then_the_answer(gateway: str, upstream: FakeOpenAI) -> None:
-    upstream.plan[:] = [("slow", 0.7)]
+    upstream.plan[:] = [("slow", 1.0)]
     status, raw = await stream_raw(gateway, API_KEY)
     assert status == 200
     head, _, rest = raw.partition("data: ")
