@@ -55,7 +55,8 @@ async def test_requests_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -
     with pytest.raises(openai.RateLimitError) as exc:
         await paced.chat.completions.create(model="gpt-test", messages=MSG)
     assert exc.value.status_code == 429
-    assert exc.value.response.headers["Retry-After"] == "20"  # one request every 20 s
+    # one request every 20 s, less the time the first three took
+    assert 15 <= int(exc.value.response.headers["Retry-After"]) <= 20
     assert exc.value.code == "rate_limit_exceeded"
     assert len(upstream.requests) == 3  # the refused one never left the gateway
     # another key is not held back by it
