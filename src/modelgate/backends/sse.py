@@ -48,14 +48,29 @@ class SSESplitter:
     reads is the unfinished tail.  Used in a reader's own loop (one generator less
     per stream than ``iter_sse_blocks``)."""
 
-    __slots__ = ("_limit", "_tail")
+    __slots__ = ("_limit", "_pending", "_pending_size", "_tail")
 
     def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._tail = b""
         self._limit = limit
+        # reads after the tail in which no line ends: kept unjoined until one does
+        # (joining every read onto a long event would copy it over and over)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     def feed(self, block: bytes) -> list[bytes]:
-        buf = self._tail + block if self._tail else block
+        if self._tail and b"\n" not in block and b"\r" not in block:
+            self._pending.append(block)
+            self._pending_size += len(block)
+            if len(self._tail) + self._pending_size > self._limit:
+                self._refuse()
+            return []
+        if self._pending:
+            buf = self._tail + b"".join(self._pending) + block
+            self._pending.clear()
+            self._pending_size = 0
+        else:
+            buf = self._tail + block if self._tail else block
         held = b""
         if b"\r" in buf:
             if buf[-1:] == b"\r" and buf[-2:-1] not in (b"\r", b"\n"):
@@ -64,11 +79,9 @@ class SSESplitter:
                 buf, held = buf[:-1], b"\r"
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         cut = buf.rfind(b"\n\n")
-        tail = (buf if cut < 0 else buf[cut + 2 :]) + held
-        if len(tail) > self._limit:
-            self._tail = b""
-            raise EventTooLarge(f"a stream event grew past {self._limit} bytes without ending")
-        self._tail = tail
+        self._tail = (buf if cut < 0 else buf[cut + 2 :]) + held
+        if len(self._tail) > self._limit:
+            self._refuse()
         if cut < 0:
             return []
         datas = [
@@ -78,11 +91,16 @@ class SSESplitter:
             datas = [d for d in datas if d is not None]
         return datas  # type: ignore[return-value]
 
+    def _refuse(self) -> None:
+        self._tail, self._pending, self._pending_size = b"", [], 0
+        raise EventTooLarge(f"a stream event grew past {self._limit} bytes without ending")
+
     def end(self) -> list[bytes]:
         """At EOF: a last ``[DONE]`` missing only its blank line, else nothing; a
         stream that ends inside another event raises ``TruncatedEvent``."""
-        tail = self._tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
-        self._tail = b""
+        tail = self._tail + b"".join(self._pending)
+        tail = tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+        self._tail, self._pending, self._pending_size = b"", [], 0
         if not tail:
             return []
         last = _data(tail)

@@ -57,3 +57,20 @@ def test_events_up_to_the_limit_pass() -> None:
     assert split.feed(event[:30]) == []
     assert split.feed(event[30:]) == []
     assert split.feed(b"\n\n") == [b"y" * 58]
+
+
+def test_a_long_event_over_many_reads_is_whole() -> None:
+    split = SSESplitter()
+    assert split.feed(b'data: {"text": "') == []
+    for _ in range(1000):  # reads with no line end: kept aside, joined once
+        assert split.feed(b"x" * 100) == []
+    assert split.feed(b'"}\n\ndata: next\n\n') == [b'{"text": "' + b"x" * 100_000 + b'"}', b"next"]
+
+
+def test_reads_without_line_ends_still_complete_the_last_event() -> None:
+    split = SSESplitter()
+    assert split.feed(b"data: [DO") == [] and split.feed(b"NE]") == []
+    assert split.end() == [b"[DONE]"]
+    split = SSESplitter()  # CR-only line ends around such a read
+    assert split.feed(b"data: a\r") == [] and split.feed(b"data: b") == []
+    assert split.feed(b"\r\r") == [b"a\nb"]
