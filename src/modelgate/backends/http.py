@@ -76,6 +76,8 @@ async def post(
         resp = await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
     except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
         raise UpstreamConnectError(f"{where} unreachable: {type(exc).__name__}") from exc
+    except aiohttp.ClientResponseError as exc:  # its HTTP itself: status line, headers, framing
+        raise UpstreamError(f"{where} sent a malformed HTTP response") from exc
     if resp.status >= 300:
         try:
             raw = await resp.content.read(_ERROR_BODY)
