@@ -127,16 +127,17 @@ async def _stream(
     try:
         try:
             first = await anext(gen, None)
-        except (ConnectionResetError, ConnectionError):
-            raise
-        except Exception as exc:
-            await keepalive.stop()
-            if keepalive.response is None:  # nothing sent yet: an HTTP error as usual
-                raise
+        except BaseException as exc:
+            await keepalive.stop()  # before anything else is written
+            if (
+                keepalive.response is None
+                or not isinstance(exc, Exception)
+                or isinstance(exc, ConnectionError)
+            ):
+                raise  # nothing sent yet (an HTTP error as usual), or the client is gone
             await fail_stream(keepalive.response, exc, info.rid, [])
             return keepalive.response
-        finally:
-            await keepalive.stop()
+        await keepalive.stop()
         _first_token(state, info, req.model, started)
         renderer = render.ChunkRenderer(req, out_id, client_model)
         resp = await stream_sse(request, req, gen, first, renderer, keepalive.response)
