@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from test_supervisor_support import free_port, pid_alive, worker_command  # noqa: E402
 
 from modelgate.backends.base import BackendContext  # noqa: E402
+from modelgate.backends.http_client import UpstreamClient  # noqa: E402
 from modelgate.config import Config, build_config  # noqa: E402
 from modelgate.router.router import Router  # noqa: E402
 from modelgate.supervisor.supervisor import Supervisor  # noqa: E402
@@ -113,7 +112,7 @@ async def process_rounds(rounds: int, concurrency: int, supervised: bool, tmp: s
         spawned = [subprocess.Popen(worker_command(p), stdout=subprocess.DEVNULL) for p in ports]
         lifecycle = {}
         await asyncio.sleep(1.5)
-    async with aiohttp.ClientSession() as http:
+    async with UpstreamClient() as http:
         router = Router(cfg, BackendContext(cfg, http=http), lifecycle=lifecycle)
         await router.start()
         load = Load(router, concurrency)

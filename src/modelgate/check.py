@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from modelgate.backends.base import BackendContext
-from modelgate.backends.http import upstream_session
+from modelgate.backends.http import upstream_client
 from modelgate.backends.registry import backend_factory
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelGateError
@@ -65,8 +65,7 @@ async def _storage(config: Config) -> dict[str, dict[str, Any]]:
 
 async def _probe_all(config: Config) -> list[Row]:
     rows: list[Row] = []
-    timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
-    async with upstream_session(timeout) as http:
+    async with upstream_client() as http:
         ctx = BackendContext(config=config, http=http)
         storage = await _storage(config)
         jobs = []
@@ -91,11 +90,16 @@ async def _probe_all(config: Config) -> list[Row]:
             factory = backend_factory(model.backend)
             for ep in model.endpoints:
                 jobs.append((model, ep.url, factory(model, ep, ctx)))
-        results = await asyncio.gather(*(b.probe() for _, _, b in jobs), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(b.probe(), config.health.timeout_s) for _, _, b in jobs),
+            return_exceptions=True,
+        )
         for (model, url, backend), res in zip(jobs, results, strict=True):
             await backend.close()
             if isinstance(res, BaseException):
                 detail = res.message if isinstance(res, ModelGateError) else f"{type(res).__name__}"
+                if isinstance(res, TimeoutError):
+                    detail = f"no answer within {config.health.timeout_s} s"
                 rows.append(Row(model.id, url, False, None, None, None, detail))
                 continue
             reachable = res.ok or res.auth_ok is not None or res.detail.startswith("HTTP")
@@ -110,7 +114,7 @@ async def _probe_all(config: Config) -> list[Row]:
                     res.detail,
                 )
             )
-        lifecycle = await _gateway_lifecycle(config, http)
+    lifecycle = await _gateway_lifecycle(config)
     return [replace(r, lifecycle=lifecycle[r.endpoint]) if r.endpoint in lifecycle else r for r in rows]
 
 
@@ -134,7 +138,7 @@ def _admin_key(config: Config) -> str | None:
     return None
 
 
-async def _gateway_lifecycle(config: Config, http: aiohttp.ClientSession) -> dict[str, str]:
+async def _gateway_lifecycle(config: Config) -> dict[str, str]:
     """endpoint url -> "state, N restarts, exit C" from a running gateway's
     /admin/endpoints (supervised endpoints only); empty when none answers."""
     if not any(ep.launch for m in config.models for ep in m.endpoints):
@@ -142,8 +146,12 @@ async def _gateway_lifecycle(config: Config, http: aiohttp.ClientSession) -> dic
     key = _admin_key(config)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = f"http://{config.server.host}:{config.server.port}/admin/endpoints"
+    timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
     try:
-        async with http.get(url, headers=headers, allow_redirects=False) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=False) as http,
+            http.get(url, headers=headers, allow_redirects=False) as resp,
+        ):
             if resp.status != 200:
                 return {}
             data = orjson.loads(await resp.read())

@@ -14,7 +14,7 @@ from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import STATE, Routes, State
 from modelgate.backends.base import BackendContext
-from modelgate.backends.http import upstream_session
+from modelgate.backends.http import upstream_client
 from modelgate.config import Config
 from modelgate.metrics import Metrics
 from modelgate.router.router import Router
@@ -56,7 +56,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     services: Services = app[SERVICES]  # type: ignore[assignment]
     if services.events is None:
         services.events = state.metrics
-    http = upstream_session()
+    http = upstream_client()
     router: Router | None = None
     try:
         if services.storage is None and _needs_storage(config):

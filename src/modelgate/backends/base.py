@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
 
 if TYPE_CHECKING:
-    import aiohttp
-
+    from modelgate.backends.http_client import UpstreamClient
     from modelgate.config import Config, EndpointConfig, ModelConfig
 
 
@@ -25,7 +24,7 @@ class BackendContext:
     """What the app lends every backend: the shared HTTP session and config."""
 
     config: Config
-    http: aiohttp.ClientSession | None = None
+    http: UpstreamClient | None = None
     # Owned elsewhere, shared here (e.g. the storage manager for local models).
     services: Any = None
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from modelgate.backends import http
@@ -19,10 +18,7 @@ from modelgate.backends.base import BackendContext
 from modelgate.backends.openai_stream import EventStream, finish_of, usage_of
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
-from modelgate.errors import (
-    InvalidRequest,
-    UpstreamError,
-)
+from modelgate.errors import InvalidRequest, UpstreamError
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
 
 _PATHS = {True: "/chat/completions", False: "/completions"}  # by "is it chat"
@@ -33,15 +29,12 @@ class OpenAIBackend:
         if endpoint is None or ctx.http is None:
             raise ValueError("the openai backend needs an endpoint and an HTTP session")
         self._model = model
-        self._url = endpoint.url
         self._upstream_model = endpoint.upstream_model or model.id
-        self._http = ctx.http
-        self._where = f"upstream {endpoint.url}"
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env:
-            self._headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
-        t = model.timeouts
-        self._timeout = http.client_timeout(t.connect_s)
+            headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
+        self._up = http.Endpoint(ctx.http, endpoint.url, headers=headers, connect_s=model.timeouts.connect_s)
+        self._where = self._up.where
 
     def check(self, request: GenerationRequest) -> None:
         for msg in request.messages:
@@ -62,17 +55,10 @@ class OpenAIBackend:
             data["stream"] = False
         return orjson.dumps(data)
 
-    def _post(self, path: str, payload: bytes) -> Awaitable[aiohttp.ClientResponse]:
-        return http.post(
-            self._http,
-            self._url + path,
-            payload,
-            headers=self._headers,
-            timeout=self._timeout,
-            where=self._where,
-        )
+    def _post(self, path: str, payload: bytes) -> Awaitable[http.Response]:
+        return self._up.post(path, payload)
 
-    async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
+    async def _read_json(self, resp: http.Response) -> Any:
         data = await http.read_json(resp, where=self._where)
         if not isinstance(data, dict):
             raise UpstreamError(f"{self._where} sent an unexpected JSON body")
@@ -157,21 +143,16 @@ class OpenAIBackend:
 
     async def probe(self) -> ProbeResult:
         start = time.perf_counter()
-        headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
         try:
-            async with self._http.get(
-                self._url + "/models", headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as resp:
-                raw = await http.read_bounded(resp, 4 << 20, where=self._where)
-                latency = time.perf_counter() - start
-                if resp.status in (401, 403):
-                    return ProbeResult(False, latency, f"HTTP {resp.status}", auth_ok=False)
-                if resp.status != 200:
-                    return ProbeResult(False, latency, f"HTTP {resp.status}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return ProbeResult(False, time.perf_counter() - start, f"unreachable: {type(exc).__name__}")
-        except UpstreamError as exc:
+            resp = await self._up.get("/models")
+            raw = await http.read_bounded(resp, 4 << 20, where=self._where)
+        except UpstreamError as exc:  # unreachable, or its HTTP broken
             return ProbeResult(False, time.perf_counter() - start, exc.message)
+        latency = time.perf_counter() - start
+        if resp.status in (401, 403):
+            return ProbeResult(False, latency, f"HTTP {resp.status}", auth_ok=False)
+        if resp.status != 200:
+            return ProbeResult(False, latency, f"HTTP {resp.status}")
         try:
             ids = {m.get("id") for m in orjson.loads(raw).get("data", [])}
         except (orjson.JSONDecodeError, AttributeError, TypeError):

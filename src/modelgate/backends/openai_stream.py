@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from modelgate.backends.http_client import ConnectionLost, MalformedResponse
 from modelgate.backends.sse import EventTooLarge, SSESplitter, TruncatedEvent
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.errors import UpstreamDisconnected, UpstreamError
@@ -36,15 +36,10 @@ def finish_of(value: Any) -> Any:
     return value if value in FINISH_REASONS else ("stop" if value else None)
 
 
-class _Content(Protocol):
-    async def readany(self) -> bytes: ...
-
-
 class _Response(Protocol):
-    """What the relay needs of an upstream response (aiohttp's ClientResponse)."""
+    """What the relay needs of an upstream response (``http_client.Response``)."""
 
-    @property
-    def content(self) -> _Content: ...
+    async def readany(self) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -78,9 +73,9 @@ class EventStream:
         finished: set[int] = set()
         split = SSESplitter()
         try:
-            content = resp.content
+            read = resp.readany
             while True:
-                block = await content.readany()
+                block = await read()
                 datas = split.feed(block) if block else split.end()
                 if datas:
                     out, done, error = self._read(datas)
@@ -98,8 +93,10 @@ class EventStream:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except EventTooLarge as exc:
             raise UpstreamError(f"{self._where}: {exc}") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
+        except MalformedResponse as exc:
+            raise UpstreamError(f"{self._where} sent a malformed HTTP response") from exc
+        except ConnectionLost as exc:
+            raise UpstreamDisconnected(f"{self._where} stream broke: {exc}") from exc
         finally:
             resp.close()
         if len(finished) < self._n:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from modelgate.backends import http
@@ -62,10 +61,14 @@ class TGIBackend:
         self._ctx = ctx
         self._url = endpoint.url
         self._where = f"upstream {endpoint.url}"
-        self._http = ctx.http
-        self._own_http: aiohttp.ClientSession | None = None
-        t = model.timeouts
-        self._timeout = http.client_timeout(t.connect_s)
+        self._client = ctx.http or http.upstream_client()  # its own when none is lent
+        self._own_http = self._client if ctx.http is None else None
+        self._up = http.Endpoint(
+            self._client,
+            self._url,
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream, application/json"},
+            connect_s=model.timeouts.connect_s,
+        )
         self._info: dict[str, Any] | None = None
         self._tok_dir = self._tokenizer_dir()
         self._template: ChatTemplate | None = None
@@ -84,13 +87,6 @@ class TGIBackend:
             )
         return None
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            if self._own_http is None:
-                self._own_http = http.upstream_session()
-            return self._own_http
-        return self._http
-
     # --- setup ----------------------------------------------------------------------
 
     async def _prepare(self) -> None:
@@ -108,11 +104,12 @@ class TGIBackend:
 
     async def _get_info(self) -> dict[str, Any] | None:
         try:
-            async with self._session().get(self._url + "/info", timeout=self._timeout) as resp:
-                if resp.status != 200:
-                    return None
-                data = orjson.loads(await http.read_bounded(resp, 1 << 20, where=self._where))
-        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, UpstreamError):
+            resp = await self._up.get("/info")
+            raw = await http.read_bounded(resp, 1 << 20, where=self._where)
+            if resp.status != 200:
+                return None
+            data = orjson.loads(raw)
+        except (orjson.JSONDecodeError, UpstreamError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -183,14 +180,11 @@ class TGIBackend:
             )
         return self._template.render(request.messages, tools=request.tools)
 
-    async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
-        return await http.post(
-            self._session(), self._url + path, body, headers=headers, timeout=self._timeout, where=self._where
-        )
+    async def _post(self, path: str, body: bytes) -> http.Response:
+        return await self._up.post(path, body)
 
     async def _whole(
-        self, resp: aiohttp.ClientResponse, request: GenerationRequest, prompt_tokens: int | None
+        self, resp: http.Response, request: GenerationRequest, prompt_tokens: int | None
     ) -> list[Chunk]:
         data = await http.read_json(resp, where=self._where, limit=_MAX_BODY)
         if isinstance(data, list) and len(data) == 1:
@@ -208,12 +202,12 @@ class TGIBackend:
         role = "assistant" if request.kind == "chat" else None
         return [Chunk(text=text, role=role, finish_reason=reason), Chunk(usage=Usage(prompt, generated))]
 
-    async def _stream(self, resp: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def _stream(self, resp: http.Response, request: GenerationRequest) -> AsyncIterator[Chunk]:
         trimmer = StopTrimmer(request.sampling.stop)
         if request.kind == "chat":
             yield Chunk(role="assistant")
         try:
-            async for data, more in iter_sse(resp.content):
+            async for data, more in iter_sse(resp):
                 event = _event(data, self._where)
                 if "error" in event:
                     raise error_from_event(event, where=self._where)
@@ -239,8 +233,10 @@ class TGIBackend:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except EventTooLarge as exc:
             raise UpstreamError(f"{self._where}: {exc}") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamDisconnected(f"{self._where} stream broke: {type(exc).__name__}") from exc
+        except http.MalformedResponse as exc:
+            raise UpstreamError(f"{self._where} sent a malformed HTTP response") from exc
+        except http.ConnectionLost as exc:
+            raise UpstreamDisconnected(f"{self._where} stream broke: {exc}") from exc
         raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
     def _messages_backend(self) -> Any:
@@ -252,7 +248,7 @@ class TGIBackend:
             ep = self._endpoint.model_copy(
                 update={"url": self._url + "/v1", "upstream_model": self._endpoint.upstream_model or "tgi"}
             )
-            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._session()))
+            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._client))
         return self._messages
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
@@ -263,13 +259,13 @@ class TGIBackend:
     async def probe(self) -> ProbeResult:
         start = time.perf_counter()
         try:
-            async with self._session().get(self._url + "/health", timeout=self._timeout) as resp:
-                await resp.content.read(65536)
-                ok = resp.status == 200
-                detail = "ok" if ok else f"GET /health answered {resp.status}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self._up.get("/health")
+            await http.read_bounded(resp, 65536, where=self._where)
+            ok = resp.status == 200
+            detail = "ok" if ok else f"GET /health answered {resp.status}"
+        except UpstreamError as exc:
             self._info = None  # it may come back as another model or version
-            return ProbeResult(False, time.perf_counter() - start, f"unreachable: {type(exc).__name__}")
+            return ProbeResult(False, time.perf_counter() - start, exc.message)
         latency = time.perf_counter() - start
         if ok and self._info is None:
             self._info = await self._get_info()

@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from modelgate.backends.base import BackendContext
+from modelgate.backends.http_client import UpstreamClient
 from modelgate.config import Config, build_config
 from modelgate.router.router import Router
 from modelgate.types import ChatMessage, Chunk, GenerationRequest, SamplingParams
@@ -54,7 +53,7 @@ def router_config(urls: list[str], *, health: dict[str, Any] | None = None, **mo
 
 @asynccontextmanager
 async def running_router(config: Config, **kwargs: Any) -> AsyncIterator[Router]:
-    async with aiohttp.ClientSession() as http:
+    async with UpstreamClient() as http:
         router = Router(config, BackendContext(config=config, http=http), **kwargs)
         await router.start()
         try:
