@@ -79,6 +79,7 @@ class Response:
         "_conn",
         "_decoder",
         "_error",
+        "_fed",
         "_parts",
         "_size",
         "_waiter",
@@ -104,12 +105,14 @@ class Response:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._fed = False  # a compressed body has had bytes
         self.eof = False
 
     # --- the connection's side ---------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            self._fed = True
             try:
                 data = self._decoder.decompress(data)
             except zlib.error as exc:
@@ -124,8 +127,16 @@ class Response:
         self._wake()
 
     def _end(self) -> None:
+        self._conn = None  # the connection has moved on: never closed from here again
+        decoder = self._decoder
+        if decoder is not None and self._fed:
+            rest = decoder.flush()
+            if rest:
+                self._parts.append(rest)
+            if not decoder.eof:
+                self._fail(MalformedResponse("a compressed body cut short"))
+                return
         self.eof = True
-        self._conn = None
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
@@ -197,7 +208,8 @@ class _Connection(asyncio.Protocol):
         self._head_future: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._headers: dict[str, str] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes of an unfinished head
+        self._parsed_head = 0  # what the parser handed over of it
         self._until_close = False
         self._paused = False
         self.received = False  # a byte of the current answer has come
@@ -211,6 +223,7 @@ class _Connection(asyncio.Protocol):
         self._head_future = head
         self._headers = {}
         self._head_bytes = 0
+        self._parsed_head = 0
         self.received = False
         assert self.transport is not None
         self.transport.write(data)
@@ -265,9 +278,18 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks -----------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_HEAD:  # (the whole head is bounded in data_received)
+    def _count_head(self, size: int) -> None:
+        # what the parser has handed over of this head (a head that came whole in one
+        # read is never seen unfinished by data_received's bound)
+        self._parsed_head += size
+        if self._parsed_head > MAX_HEAD:
             raise MalformedResponse(f"a response head over {MAX_HEAD} bytes")
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status) + 16)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         old = self._headers.get(key)
@@ -278,7 +300,7 @@ class _Connection(asyncio.Protocol):
             raise MalformedResponse("an answer to no request")
         status = self._parser.get_status_code()
         headers, self._headers = self._headers, {}
-        self._head_bytes = 0
+        self._head_bytes = self._parsed_head = 0
         if status < 200:  # 1xx: an interim answer, the real one follows
             return
         self._until_close = (
