@@ -1,5 +1,9 @@
 """Gateway overhead: modelgate vs a direct call vs a minimal pass-through proxy, same run.
 
+The pass-through runs twice: on aiohttp's client (the baseline the issue names) and on
+modelgate's own upstream client, so that what modelgate's features cost on its own
+stack shows apart from what its leaner client saves.
+
 Also in the same run: the feature floor (feature_floor.py), modelgate's per-request
 work done inline in one handler with no layers: how much of modelgate's cost is the
 work a gateway must do, and how much its structure.
@@ -251,7 +255,9 @@ async def main() -> None:
             sys.exit(f"bench_gateway needs {tool} (apt-get install -y nginx-light wrk util-linux)")
     work = Path(tempfile.mkdtemp(prefix="mg-bench-"))
     work.chmod(0o755)  # nginx workers read the answers as an unprivileged user
-    pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s = (free_port() for _ in range(7))
+    pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s, p_ours_j, p_ours_s = (
+        free_port() for _ in range(9)
+    )
     more = tuple(free_port() for _ in range(7))  # 8 replicas of the same answer, for the balancing cost
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps, more))], stderr=subprocess.DEVNULL)
     cfg = gateway_config(
@@ -298,6 +304,14 @@ async def main() -> None:
         [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{ps}", str(p_proxy_s)],
         work / "ps.log",
     )
+    ours_j = start(
+        [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{pj}", str(p_ours_j), "modelgate"],
+        work / "oj.log",
+    )
+    ours_s = start(
+        [py, str(ROOT / "bench/passthrough_proxy.py"), f"http://127.0.0.1:{ps}", str(p_ours_s), "modelgate"],
+        work / "os.log",
+    )
     floor_j = start(
         [py, str(ROOT / "bench/feature_floor.py"), f"http://127.0.0.1:{pj}", str(p_floor_j), KEY],
         work / "fj.log",
@@ -306,10 +320,10 @@ async def main() -> None:
         [py, str(ROOT / "bench/feature_floor.py"), f"http://127.0.0.1:{ps}", str(p_floor_s), KEY],
         work / "fs.log",
     )
-    procs = [nginx, mg, proxy_j, proxy_s, floor_j, floor_s]
+    procs = [nginx, mg, proxy_j, proxy_s, ours_j, ours_s, floor_j, floor_s]
     results: list[dict] = []
     try:
-        for port in (pj, ps, p_proxy_j, p_proxy_s, p_mg, p_floor_j, p_floor_s):
+        for port in (pj, ps, p_proxy_j, p_proxy_s, p_ours_j, p_ours_s, p_mg, p_floor_j, p_floor_s):
             await wait_port(port)
         await asyncio.sleep(1.0)
         # Targets take turns, round after round (this machine drifts by +-20% over
@@ -322,6 +336,12 @@ async def main() -> None:
                 "passthrough": (
                     f"http://127.0.0.1:{p_proxy_s if stream else p_proxy_j}/v1/chat/completions",
                     proxy_s if stream else proxy_j,
+                    False,
+                    body,
+                ),
+                "passthrough-ours": (
+                    f"http://127.0.0.1:{p_ours_s if stream else p_ours_j}/v1/chat/completions",
+                    ours_s if stream else ours_j,
                     False,
                     body,
                 ),
@@ -387,22 +407,31 @@ def report(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     print(
-        "\nMedians over rounds; ratios are medians of per-round ratios."
-        "\n| mode | conns | direct rps | passthrough rps | floor rps | modelgate rps | modelgate / passthrough | floor / passthrough | CPU ms/req passthrough | CPU ms/req floor | CPU ms/req modelgate |"
+        "\nMedians over rounds; ratios are medians of per-round ratios.  passthrough: aiohttp server +"
+        " aiohttp client (the baseline); ours: the same pass-through on modelgate's upstream client."
+        "\n| mode | conns | direct rps | passthrough rps | ours rps | floor rps | modelgate rps |"
+        " modelgate / passthrough | modelgate / ours | floor / passthrough |"
+        " CPU ms/req passthrough | ours | floor | modelgate |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("json", "stream"):
         for c in (1, 16, 64):
-            d, p, f, m = (_rounds(rows, mode, t, c) for t in ("direct", "passthrough", "floor", "modelgate"))
+            d, p, o, f, m = (
+                _rounds(rows, mode, t, c)
+                for t in ("direct", "passthrough", "passthrough-ours", "floor", "modelgate")
+            )
             print(
-                f"| {mode} | {c} | {_med(d, 'rps'):.0f} | {_med(p, 'rps'):.0f} | {_med(f, 'rps'):.0f} | "
-                f"{_med(m, 'rps'):.0f} | {_ratio(m, p, 'rps'):.2f} | {_ratio(f, p, 'rps'):.2f} | "
-                f"{_med(p, 'cpu_ms_per_req'):.3f} | {_med(f, 'cpu_ms_per_req'):.3f} | {_med(m, 'cpu_ms_per_req'):.3f} |"
+                f"| {mode} | {c} | {_med(d, 'rps'):.0f} | {_med(p, 'rps'):.0f} | {_med(o, 'rps'):.0f} | "
+                f"{_med(f, 'rps'):.0f} | {_med(m, 'rps'):.0f} | {_ratio(m, p, 'rps'):.2f} | "
+                f"{_ratio(m, o, 'rps'):.2f} | {_ratio(f, p, 'rps'):.2f} | "
+                f"{_med(p, 'cpu_ms_per_req'):.3f} | {_med(o, 'cpu_ms_per_req'):.3f} | "
+                f"{_med(f, 'cpu_ms_per_req'):.3f} | {_med(m, 'cpu_ms_per_req'):.3f} |"
             )
     print(
         "\n| mode | added p50 ms (modelgate) | added p99 ms | added TTFB p50 ms | added p50 ms (passthrough) |"
+        " added p50 ms (ours) |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode in ("json", "stream"):
         lat = {
             t: [
@@ -410,18 +439,19 @@ def report(rows: list[dict], out: Path) -> None:
                 for r in sorted(rows, key=lambda r: r["round"])
                 if "latency" in r and (r["mode"], r["target"]) == (mode, t)
             ]
-            for t in ("direct", "passthrough", "modelgate")
+            for t in ("direct", "passthrough", "passthrough-ours", "modelgate")
         }
-        p50, p99, ttfb, p50_pt = (
+        p50, p99, ttfb, p50_pt, p50_ours = (
             _added(lat[target], lat["direct"], key)
             for target, key in (
                 ("modelgate", "p50_ms"),
                 ("modelgate", "p99_ms"),
                 ("modelgate", "ttfb_p50_ms"),
                 ("passthrough", "p50_ms"),
+                ("passthrough-ours", "p50_ms"),
             )
         )
-        print(f"| {mode} | {p50:.3f} | {p99:.3f} | {ttfb:.3f} | {p50_pt:.3f} |")
+        print(f"| {mode} | {p50:.3f} | {p99:.3f} | {ttfb:.3f} | {p50_pt:.3f} | {p50_ours:.3f} |")
     print(
         "\n| balancing (json) | conns | rps 1 endpoint | rps 8 endpoints | CPU ms/req 1 | CPU ms/req 8 | added CPU |"
     )

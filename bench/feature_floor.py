@@ -1,6 +1,7 @@
 """The feature floor: every per-request feature modelgate has on in bench_gateway, done
 inline in one aiohttp handler with no layers (no middleware, router, pool, backend or
-renderer), using modelgate's own KeyStore, request conversion, Metrics and AccessLog.
+renderer), using modelgate's own KeyStore, request conversion, Metrics, AccessLog and
+upstream HTTP client.
 
 It answers "how much of modelgate's cost is the work itself and how much is its
 structure": the pass-through proxy is the ceiling of doing nothing, this is the ceiling
@@ -15,11 +16,11 @@ import os
 import sys
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from modelgate.api.auth import KeyStore
+from modelgate.backends.http_client import UpstreamClient, encode_headers
 from modelgate.config import build_config
 from modelgate.errors import ModelGateError
 from modelgate.logs import AccessLog
@@ -36,10 +37,11 @@ CONFIG = build_config(
     environ={},
 )
 MODEL = CONFIG.models[0]
+HEADERS = encode_headers({"Content-Type": "application/json"})
 
 
 async def session_ctx(app: web.Application):
-    app["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    app["s"] = UpstreamClient()
     app["keys"], app["metrics"], app["access"] = KeyStore(CONFIG), Metrics(), AccessLog()
     yield
     app["access"].flush()
@@ -63,16 +65,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
     payload["model"] = "fast"
     headers = {"x-request-id": rid}
     usage: dict = {}
-    async with app["s"].post(
-        UPSTREAM + "/v1/chat/completions",
-        data=orjson.dumps(payload),
-        headers={"Content-Type": "application/json"},
-    ) as up:
+    up = (
+        await app["s"]
+        .origin(UPSTREAM)
+        .request("POST", "/v1/chat/completions", orjson.dumps(payload), HEADERS, 2.0)
+    )
+    try:
         if req.stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
             await resp.prepare(request)
             tail = b""
-            async for block in up.content.iter_any():
+            while block := await up.readany():
                 buf = tail + block
                 cut = buf.rfind(b"\n\n")
                 tail = buf[cut + 2 :]
@@ -84,7 +87,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 await resp.write(buf[: cut + 2].replace(b'"model": "fast"', b'"model": "fast-stream"'))
             await resp.write_eof()
         else:
-            answer = orjson.loads(await up.read())
+            answer = orjson.loads(await up.read(1 << 26))
             if not all(c.get("finish_reason") for c in answer["choices"]):
                 raise web.HTTPBadGateway()
             answer["id"], answer["model"], answer["created"] = (
@@ -94,6 +97,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             )
             usage = answer.get("usage") or {}
             resp = web.Response(body=orjson.dumps(answer), content_type="application/json", headers=headers)
+    finally:
+        up.close()
     metrics.child(metrics.tokens, "fast", "prompt").inc(usage.get("prompt_tokens", 0))
     metrics.child(metrics.tokens, "fast", "completion").inc(usage.get("completion_tokens", 0))
     elapsed = time.perf_counter() - start
