@@ -106,7 +106,11 @@ class EventStream:
         """The chunks of one socket read, whether ``[DONE]`` came in it, and the
         upstream error that ends the stream after them.  All chunks are ``buffered``
         but the last, which is too when ``[DONE]`` came in the same read.  What came
-        before a failure still reaches the client."""
+        before a failure still reaches the client.
+
+        A one-choice, text-only event (no usage, no logprobs, a delta of role and
+        content alone) joins the run of such events of its choice; the test is
+        written out here, not called, because it runs for every event of a stream."""
         out: list[Chunk] = []
         run: _Run | None = None
         error: UpstreamError | None = None
@@ -114,6 +118,8 @@ class EventStream:
         if done:
             datas = datas[: datas.index(b"[DONE]")]
         events = self._parse_all(datas)
+        chat = self._chat
+        simple_delta = _CHAT_SIMPLE.issuperset
         for i, data in enumerate(datas):
             try:
                 event = events[i] if events is not None else self._parse(data)
@@ -123,14 +129,27 @@ class EventStream:
             if "error" in event:
                 error = error_from_event(event, where=self._where)
                 break
-            simple = self._simple(event)
-            if simple is None:
+            # is it simple?  (index, text, role) when it is
+            choices = event.get("choices")
+            simple = False
+            if type(choices) is list and len(choices) == 1 and event.get("usage") is None:
+                c = choices[0]
+                if type(c) is dict and c.get("logprobs") is None:
+                    index = c.get("index") or 0
+                    if chat:
+                        delta = c.get("delta")
+                        if type(delta) is dict and simple_delta(delta):
+                            text, role = delta.get("content") or "", delta.get("role")
+                            simple = type(index) is int and type(text) is str
+                    else:
+                        text, role = c.get("text") or "", None
+                        simple = type(index) is int and type(text) is str
+            if not simple:
                 if run is not None:
                     out.append(self._run_chunk(run))
                     run = None
                 out.extend(self._event_chunks(event, data))
                 continue
-            index, text, role, finish = simple
             if run is not None and run.index != index:
                 out.append(self._run_chunk(run))
                 run = None
@@ -138,10 +157,13 @@ class EventStream:
                 run = _Run(index, role)
             run.texts.append(text)
             run.datas.append(data)
+            finish = c.get("finish_reason")
             if finish is not None:
-                run.finish = finish
-                out.append(self._run_chunk(run))
-                run = None
+                finish = finish_of(finish)
+                if finish is not None:
+                    run.finish = finish
+                    out.append(self._run_chunk(run))
+                    run = None
         # the last chunk is flushed, unless the end of the stream came in this read too
         buffered = done and error is None
         if run is not None:
@@ -184,28 +206,6 @@ class EventStream:
         if type(event) is not dict:
             raise UpstreamError(f"{self._where} sent a malformed stream event")
         return event
-
-    def _simple(self, event: dict[str, Any]) -> tuple[int, str, str | None, Any] | None:
-        """(index, text, role, finish) for a one-choice, text-only event; else None."""
-        choices = event.get("choices")
-        if type(choices) is not list or len(choices) != 1 or event.get("usage") is not None:
-            return None
-        c = choices[0]
-        if type(c) is not dict or c.get("logprobs") is not None:
-            return None
-        index = c.get("index") or 0
-        if type(index) is not int:
-            return None
-        if self._chat:
-            delta = c.get("delta")
-            if type(delta) is not dict or not _CHAT_SIMPLE.issuperset(delta):
-                return None
-            text, role = delta.get("content") or "", delta.get("role")
-        else:
-            text, role = c.get("text") or "", None
-        if type(text) is not str:
-            return None
-        return index, text, role, finish_of(c.get("finish_reason"))
 
     def _event_chunks(self, event: Mapping[str, Any], data: bytes) -> list[Chunk]:
         """Any other event: one chunk per choice (the first carries the event's bytes),
