@@ -74,3 +74,46 @@ def test_reads_without_line_ends_still_complete_the_last_event() -> None:
     split = SSESplitter()  # CR-only line ends around such a read
     assert split.feed(b"data: a\r") == [] and split.feed(b"data: b") == []
     assert split.feed(b"\r\r") == [b"a\nb"]
+
+
+def _reference(stream: bytes) -> list[bytes]:
+    """The SSE rules read plainly: events end at a blank line; an event's data is its
+    ``data`` lines joined by newlines (one leading space dropped); others ignored."""
+    out = []
+    for event in stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")[:-1]:
+        datas = [
+            line[6:] if line[:6] == b"data: " else line[5:]
+            for line in event.split(b"\n")
+            if line.startswith(b"data:")
+        ]
+        if datas:
+            out.append(b"\n".join(datas))
+    return out
+
+
+def test_the_splitter_reads_any_mix_of_events_as_the_rules_say() -> None:
+    # plain one-line events (the fast path) mixed at random with the shapes that
+    # must take the general one: comments, other fields, multi-line data, no space,
+    # CRLF, empty data, extra blank lines; cut into reads at random places
+    import random
+
+    rng = random.Random(7)
+    shapes = [
+        b'data: {"a": 1}\n\n',
+        b"data: [DONE]\n\n",
+        b"data: \n\n",
+        b"data:x\n\n",
+        b": comment\n\n",
+        b"event: e\ndata: y\n\n",
+        b"data: one\ndata: two\n\n",
+        b"data: crlf\r\n\r\n",
+        b"\n",
+    ]
+    for _ in range(500):
+        stream = b"".join(rng.choice(shapes[:1] * 6 + shapes) for _ in range(rng.randint(1, 12)))
+        cuts = sorted(rng.sample(range(len(stream) + 1), k=min(3, len(stream) + 1)))
+        split, got, last = SSESplitter(), [], 0
+        for cut in [*cuts, len(stream)]:
+            got += split.feed(stream[last:cut])
+            last = cut
+        assert got == _reference(stream), stream
