@@ -29,11 +29,11 @@ _BASE_HEADERS = {"Accept-Encoding": "identity"}
 
 __all__ = [
     "MAX_BODY",
-    "ConnectionLost",
     "Endpoint",
-    "MalformedResponse",
+    "HTTPClientError",
     "Response",
     "UpstreamClient",
+    "body_error",
     "read_bounded",
     "read_json",
     "upstream_client",
@@ -98,6 +98,13 @@ class Endpoint:
         return resp
 
 
+def body_error(exc: HTTPClientError, where: str) -> UpstreamError:
+    """A failure while a body (or a stream) is read, as the error tree has it."""
+    if isinstance(exc, MalformedResponse):
+        return UpstreamError(f"{where} sent a malformed HTTP response")
+    return UpstreamDisconnected(f"{where} broke the connection mid-answer: {exc}")
+
+
 async def read_bounded(resp: Response, limit: int, *, where: str) -> bytes:
     """The whole body, to its end, refusing more than ``limit`` bytes without
     buffering them; the response is closed on any failure."""
@@ -105,10 +112,8 @@ async def read_bounded(resp: Response, limit: int, *, where: str) -> bytes:
         return await resp.read(limit)
     except BodyTooLarge:
         raise UpstreamError(f"{where} answer is larger than {limit} bytes") from None
-    except MalformedResponse as exc:
-        raise UpstreamError(f"{where} sent a malformed HTTP response") from exc
-    except ConnectionLost as exc:
-        raise UpstreamDisconnected(f"{where} broke the connection mid-answer") from exc
+    except HTTPClientError as exc:
+        raise body_error(exc, where) from exc
     finally:
         if not resp.eof:
             resp.close()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from modelgate.backends.http_client import ConnectionLost, MalformedResponse
+from modelgate.backends.http import HTTPClientError, body_error
 from modelgate.backends.sse import EventTooLarge, SSESplitter, TruncatedEvent
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.errors import UpstreamDisconnected, UpstreamError
@@ -93,10 +93,8 @@ class EventStream:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except EventTooLarge as exc:
             raise UpstreamError(f"{self._where}: {exc}") from exc
-        except MalformedResponse as exc:
-            raise UpstreamError(f"{self._where} sent a malformed HTTP response") from exc
-        except ConnectionLost as exc:
-            raise UpstreamDisconnected(f"{self._where} stream broke: {exc}") from exc
+        except HTTPClientError as exc:
+            raise body_error(exc, self._where) from exc
         finally:
             resp.close()
         if len(finished) < self._n:

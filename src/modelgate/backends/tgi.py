@@ -233,10 +233,8 @@ class TGIBackend:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
         except EventTooLarge as exc:
             raise UpstreamError(f"{self._where}: {exc}") from exc
-        except http.MalformedResponse as exc:
-            raise UpstreamError(f"{self._where} sent a malformed HTTP response") from exc
-        except http.ConnectionLost as exc:
-            raise UpstreamDisconnected(f"{self._where} stream broke: {exc}") from exc
+        except http.HTTPClientError as exc:
+            raise http.body_error(exc, self._where) from exc
         raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
     def _messages_backend(self) -> Any:
