@@ -2,7 +2,7 @@
 Protocol whose bytes httptools parses (llhttp: the parser of Node.js, and uvicorn's).
 
 Why not aiohttp's client, which modelgate used before: a pooled POST and its read
-cost 73-88 µs of CPU through ``ClientSession`` against 12-15 µs here (same upstream,
+cost 50-88 µs of CPU through ``ClientSession`` against 12-15 µs here (same upstream,
 same loop; ``bench/bench_client.py``), about a third of a whole gateway request.
 The parsing (status line, headers, chunked framing, lengths) is llhttp's; what is
 here is the pool, the request's bytes and the bounds:
@@ -60,6 +60,10 @@ class MalformedResponse(HTTPClientError):
 
 class ConnectionLost(HTTPClientError):
     """The connection ended before the answer did."""
+
+
+class BodyTooLarge(HTTPClientError):
+    """A body over the reader's limit."""
 
 
 def encode_headers(headers: Mapping[str, str]) -> bytes:
@@ -192,10 +196,6 @@ class Response:
         if conn is not None and not self.eof:
             conn.abort()
         self.eof = True
-
-
-class BodyTooLarge(HTTPClientError):
-    """A body over the reader's limit."""
 
 
 class _Connection(asyncio.Protocol):
