@@ -398,6 +398,10 @@ class Origin:
     def _take(self) -> _Connection | None:
         idle = self._idle
         stale = time.monotonic() - self._keepalive_s
+        # the most recent is reused (LIFO), so the oldest, at the front, would never be
+        # looked at again after a burst: those past keep-alive are closed here
+        while idle and idle[0].idle_since < stale:
+            idle.pop(0).abort()
         while idle:
             conn = idle.pop()
             if conn.closed or conn.idle_since < stale:

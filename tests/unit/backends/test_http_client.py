@@ -261,6 +261,21 @@ async def test_an_idle_connection_past_keepalive_is_closed_not_reused() -> None:
             assert up.accepted == 2
 
 
+async def test_connections_left_idle_by_a_burst_are_closed_past_keepalive() -> None:
+    # three at once open three connections; afterwards one at a time reuses the most
+    # recent, and the two others are closed once they pass keep-alive, not kept forever
+    async with upstream(answers(*[reply()] * 20)) as up:
+        with contextlib.closing(Origin(up.url, keepalive_s=0.15)) as origin:
+            bodies = await asyncio.gather(*(fetch(origin) for _ in range(3)))
+            assert bodies == [b"ok"] * 3 and up.accepted == 3
+            for _ in range(5):
+                await asyncio.sleep(0.05)
+                assert await fetch(origin) == b"ok"
+            assert up.accepted == 3  # the steady request kept one connection alive
+            assert len(origin._idle) == 1
+            await up.hangup.wait()  # a burst connection, closed by the client
+
+
 async def test_gzip_answers_are_decoded() -> None:
     text = b"hello gzip " * 1000
     async with upstream(answers(reply(gzip.compress(text), headers="Content-Encoding: gzip\r\n"))) as up:
