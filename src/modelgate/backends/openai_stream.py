@@ -37,7 +37,7 @@ def finish_of(value: Any) -> Any:
 
 
 class _Response(Protocol):
-    """What the relay needs of an upstream response (``http_client.Response``)."""
+    """What the relay needs of an upstream response (``http_connection.Response``)."""
 
     async def readany(self) -> bytes: ...
 

@@ -112,26 +112,23 @@ async def test_ipv6_link_local_answers_are_refused_too(monkeypatch: pytest.Monke
     assert dialled == []
 
 
-async def test_of_a_mixed_answer_only_the_allowed_address_is_dialled(monkeypatch: pytest.MonkeyPatch) -> None:
+async def get_from_server_as(host: str) -> bytes:
+    """GET from a real server on 127.0.0.1, reached by the name ``host``."""
     server = await asyncio.start_server(serve_ok, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    resolve_to(monkeypatch, "169.254.169.254", "127.0.0.1")
-    dialled = dials(monkeypatch)
-    origin = Origin(f"http://half-rebound.example:{port}/")
+    origin = Origin(f"http://{host}:{server.sockets[0].getsockname()[1]}/")
     try:
-        assert await get(origin) == b"ok"
+        return await get(origin)
     finally:
         origin.close()
         server.close()
+
+
+async def test_of_a_mixed_answer_only_the_allowed_address_is_dialled(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolve_to(monkeypatch, "169.254.169.254", "127.0.0.1")
+    dialled = dials(monkeypatch)
+    assert await get_from_server_as("half-rebound.example") == b"ok"
     assert dialled == ["127.0.0.1"]
 
 
 async def test_localhost_resolves_and_connects() -> None:
-    server = await asyncio.start_server(serve_ok, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    origin = Origin(f"http://localhost:{port}/")
-    try:
-        assert await get(origin) == b"ok"
-    finally:
-        origin.close()
-        server.close()
+    assert await get_from_server_as("localhost") == b"ok"

@@ -208,23 +208,22 @@ async def assert_refused(url: str, expected: str) -> None:
         assert SECRET not in text
 
 
-@pytest.mark.parametrize("host", HOSTS)
-async def test_a_certificate_from_an_untrusted_ca_is_refused(
-    host: str, certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certs.stranger_ca))
-    async with tls_server(certs.server) as server:
-        await assert_refused(f"https://{host}:{server.port}/v1", "unable to get local issuer")
-        assert server.peers == []
+# (what the client trusts, the certificate the server shows, what the refusal says)
+REFUSALS = {
+    "an untrusted CA": ("stranger_ca", "server", "unable to get local issuer"),
+    "another name": ("ca", "other_name", "mismatch"),
+}
 
 
 @pytest.mark.parametrize("host", HOSTS)
-async def test_a_certificate_for_another_name_is_refused(
-    host: str, certs: Certs, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+async def test_a_certificate_that_does_not_verify_is_refused(
+    case: str, host: str, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
-    async with tls_server(certs.other_name) as server:
-        await assert_refused(f"https://{host}:{server.port}/v1", "mismatch")
+    trusted, shown, expected = REFUSALS[case]
+    monkeypatch.setenv("SSL_CERT_FILE", str(getattr(certs, trusted)))
+    async with tls_server(getattr(certs, shown)) as server:
+        await assert_refused(f"https://{host}:{server.port}/v1", expected)
         assert server.peers == []
 
 
