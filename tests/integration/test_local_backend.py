@@ -9,9 +9,9 @@ import shutil
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
+from tests.support.gateway import running_app
 
-from modelgate.api.app import ROUTER, build_app
+from modelgate.api.app import build_app
 from modelgate.config import build_config
 from modelgate.engine.demo_model import write_demo_model
 
@@ -41,13 +41,8 @@ async def gateway(models):
         ]
     }
     app = build_app(build_config(raw, source="test", environ={}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}", app
-    await runner.cleanup()
+    async with running_app(app) as url:
+        yield url, app
 
 
 def client(gateway):
@@ -139,7 +134,7 @@ async def test_a_client_going_away_cancels_only_its_own_stream(gateway):
         resp.close()  # the client disconnects mid-stream
         for r in await others:
             assert r.choices[0].message.content == want.message.content
-    backend = app[ROUTER]._pools["demo"].endpoints[0].backend
+    backend = app.state.router._pools["demo"].endpoints[0].backend
     for _ in range(50):
         if backend.stats()["running"] == 0:
             break

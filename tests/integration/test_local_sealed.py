@@ -2,11 +2,12 @@
 with the configured key and answers exactly like its plaintext twin; a wrong
 key keeps the model out of service with a clear reason."""
 
+from contextlib import asynccontextmanager
+
 import openai
 import pytest
-from aiohttp import web
+from tests.support.gateway import running_gateway
 
-from modelgate.api.app import build_app
 from modelgate.config import build_config
 from modelgate.engine.demo_model import write_demo_model
 
@@ -24,44 +25,34 @@ def sealed(tmp_path_factory):
     return plain, root / "sealed", key_file, other
 
 
+@asynccontextmanager
 async def _serve(models):
-    app = build_app(build_config({"models": models}, source="test", environ={}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="unused", max_retries=0)
+    async with running_gateway(build_config({"models": models}, source="test", environ={})) as url:
+        yield openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
 
 async def test_sealed_model_answers_like_its_plaintext_twin(sealed):
     plain, sealed_dir, key_file, _ = sealed
-    runner, client = await _serve(
+    async with _serve(
         [
             {"id": "plain", "backend": "local", "path": str(plain)},
             {"id": "sealed", "backend": "local", "path": str(sealed_dir), "key_file": str(key_file)},
         ]
-    )
-    try:
+    ) as client:
         msgs = [{"role": "user", "content": "Grüß Gott!"}]
         a = await client.chat.completions.create(model="plain", messages=msgs, max_tokens=12, temperature=0)
         b = await client.chat.completions.create(model="sealed", messages=msgs, max_tokens=12, temperature=0)
         assert a.choices[0].message.content == b.choices[0].message.content
         assert b.usage.completion_tokens == 12
-    finally:
-        await runner.cleanup()
 
 
 async def test_wrong_key_keeps_the_model_out_of_service(sealed):
     _, sealed_dir, _, other = sealed
-    runner, client = await _serve(
+    async with _serve(
         [{"id": "sealed", "backend": "local", "path": str(sealed_dir), "key_file": str(other)}]
-    )
-    try:
+    ) as client:
         with pytest.raises(openai.APIStatusError) as err:
             await client.chat.completions.create(
                 model="sealed", messages=[{"role": "user", "content": "hi"}], max_tokens=2
             )
         assert err.value.status_code >= 500
-    finally:
-        await runner.cleanup()

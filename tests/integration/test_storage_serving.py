@@ -8,9 +8,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.support.gateway import running_gateway
 from tests.support.net import free_port as _free_port
 
-from modelgate.api.app import Services, build_app
+from modelgate.api.app import Services
 from modelgate.config import build_config
 from modelgate.engine import demo_model as demo
 from modelgate.storage import seal_ops
@@ -91,36 +92,30 @@ async def test_gateway_serves_sealed_model_and_reports_storage(sealed):
     config = build_config(raw, source="test", environ={})
     storage = StorageManager(config)
     await storage.open_all()
-    app = build_app(config, services=Services(storage=storage))
-    runner = aiohttp.web.AppRunner(app, shutdown_timeout=2)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     admin = {"Authorization": f"Bearer {ADMIN}"}
-    try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-            chat = {"model": "sealed-ok", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-            async with http.post(f"{url}/v1/chat/completions", json=chat) as r:
-                assert r.status == 200, await r.text()
-                assert (await r.json())["choices"][0]["message"]["role"] == "assistant"
-            async with http.get(f"{url}/admin/endpoints", headers=admin) as r:
-                models = {m["id"]: m for m in (await r.json())["models"]}
-            assert models["sealed-ok"]["storage"]["state"] == "verified"
-            bad = models["sealed-bad"]
-            assert bad["storage"]["state"] == "failed" and "WrongKey" in bad["storage"]["detail"]
-            assert bad["ready"] is False
-            for _ in range(100):  # the router marks the loaded model healthy on its next probe
-                async with http.get(f"{url}/ready") as r:
-                    text = await r.text()
-                    ready = (await r.json())["models"]
-                if ready["sealed-ok"] == "ready":
-                    break
-                await asyncio.sleep(0.1)
-            assert r.status == 503, text
-            assert ready["sealed-ok"] == "ready" and ready["sealed-bad"] not in (None, "ready")
-    finally:
-        await runner.cleanup()
+    async with (
+        running_gateway(config, services=Services(storage=storage)) as url,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http,
+    ):
+        chat = {"model": "sealed-ok", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        async with http.post(f"{url}/v1/chat/completions", json=chat) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["choices"][0]["message"]["role"] == "assistant"
+        async with http.get(f"{url}/admin/endpoints", headers=admin) as r:
+            models = {m["id"]: m for m in (await r.json())["models"]}
+        assert models["sealed-ok"]["storage"]["state"] == "verified"
+        bad = models["sealed-bad"]
+        assert bad["storage"]["state"] == "failed" and "WrongKey" in bad["storage"]["detail"]
+        assert bad["ready"] is False
+        for _ in range(100):  # the router marks the loaded model healthy on its next probe
+            async with http.get(f"{url}/ready") as r:
+                text = await r.text()
+                ready = (await r.json())["models"]
+            if ready["sealed-ok"] == "ready":
+                break
+            await asyncio.sleep(0.1)
+        assert r.status == 503, text
+        assert ready["sealed-ok"] == "ready" and ready["sealed-bad"] not in (None, "ready")
 
 
 def test_check_reports_sealed_storage(sealed, tmp_path):

@@ -192,9 +192,8 @@ async def test_openai_routes_on_the_worker(worker):
 @pytest.mark.parametrize("protocol", ["generate", "messages"])
 async def test_gateway_talks_to_the_worker_like_to_tgi(worker, model_dir, protocol):
     import openai
-    from aiohttp import web
+    from tests.support.gateway import running_gateway
 
-    from modelgate.api.app import build_app
     from modelgate.config import build_config
 
     direct = openai.AsyncOpenAI(base_url=f"{worker}/v1", api_key="unused")
@@ -204,14 +203,8 @@ async def test_gateway_talks_to_the_worker_like_to_tgi(worker, model_dir, protoc
     if protocol == "generate":
         model["tokenizer"] = str(model_dir)  # chat template applied on the gateway's side
     raw = {"models": [model]}
-    app = build_app(build_config(raw, source="test", environ={}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        host, port = runner.addresses[0][:2]
-        gw = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="unused")
+    async with running_gateway(build_config(raw, source="test", environ={})) as url:
+        gw = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
         got = await gw.chat.completions.create(model="via-tgi", messages=msgs, max_tokens=10, temperature=0)
         assert got.choices[0].message.content == want.choices[0].message.content
         assert got.usage.completion_tokens == 10
@@ -220,5 +213,3 @@ async def test_gateway_talks_to_the_worker_like_to_tgi(worker, model_dir, protoc
         )
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text == want.choices[0].message.content
-    finally:
-        await runner.cleanup()

@@ -7,9 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from modelgate.api.app import build_app
+from modelgate.api.app import App, Services, build_app
 from modelgate.config import Config, build_config
 
 
@@ -19,17 +18,18 @@ def make_config(raw: dict[str, Any], environ: dict[str, str] | None = None) -> C
 
 
 @asynccontextmanager
-async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[str]:
-    app = build_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+async def running_app(app: App, port: int = 0) -> AsyncIterator[str]:
+    """The app on modelgate's server at 127.0.0.1; its base URL."""
+    async with app.serving("127.0.0.1", port, drain_s=2) as (host, bound):
+        yield f"http://{host}:{bound}"
+
+
+@asynccontextmanager
+async def running_gateway(
+    config: Config, port: int = 0, services: Services | None = None
+) -> AsyncIterator[str]:
+    async with running_app(build_app(config, services=services), port) as url:
+        yield url
 
 
 def _stream_post(session: aiohttp.ClientSession, base: str, key: str, model: str) -> Any:

@@ -1,18 +1,20 @@
-"""The aiohttp application: routes behind the one guard, and the lifespan that owns
-every long-lived object (HTTP session, storage, supervisor, router)."""
+"""The application: routes behind the one guard, the state handlers share, and the
+lifespan that owns every long-lived object (upstream client, storage, supervisor,
+router).  ``App.serving`` runs it on modelgate's HTTP server."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
-from modelgate.api.middleware import STATE, Routes, State
+from modelgate.api.http_messages import Request, Response, StreamResponse
+from modelgate.api.http_server import HTTPServer
+from modelgate.api.middleware import Routes, State
 from modelgate.backends.base import BackendContext
 from modelgate.backends.http import upstream_client
 from modelgate.config import Config
@@ -20,9 +22,6 @@ from modelgate.metrics import Metrics
 from modelgate.router.router import Router
 
 log = logging.getLogger("modelgate.app")
-
-ROUTER = web.AppKey("router", Router)
-SERVICES = web.AppKey("services", object)
 
 
 @dataclass
@@ -50,41 +49,70 @@ def _needs_supervisor(config: Config) -> bool:
     return any(ep.launch is not None for m in config.models for ep in m.endpoints)
 
 
-async def _lifespan(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    config = state.config
-    services: Services = app[SERVICES]  # type: ignore[assignment]
-    if services.events is None:
-        services.events = state.metrics
-    http = upstream_client()
-    router: Router | None = None
-    try:
-        if services.storage is None and _needs_storage(config):
-            from modelgate.storage.manager import StorageManager
+class App:
+    """What a request meets: the route table and the shared state."""
 
-            services.storage = StorageManager(config)
-            await services.storage.open_all()
-        if services.supervisor is None and _needs_supervisor(config):
-            from modelgate.supervisor.supervisor import Supervisor
+    def __init__(self, state: State, services: Services, routes: Routes) -> None:
+        self.state = state
+        self.services = services
+        self.routes = routes
 
-            services.supervisor = Supervisor(config, storage=services.storage)
-            await services.supervisor.start()
-        lifecycle = services.supervisor.lifecycle if services.supervisor is not None else None
-        ctx = BackendContext(config=config, http=http, services=services)
-        router = Router(config, ctx, lifecycle=lifecycle)
-        await router.start()
-        app[ROUTER] = router
-        state.router = router
-        yield
-    finally:
-        state.draining = True
-        if router is not None:
-            await router.close()
-        if services.supervisor is not None:
-            await services.supervisor.stop()
-        if services.storage is not None:
-            await services.storage.close_all()
-        await http.close()
+    def handle(self, request: Request) -> Awaitable[Response | StreamResponse]:
+        handler, request.match_info = self.routes.lookup(request.method, request.path)
+        request.app = self
+        return handler(request)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        state = self.state
+        config = state.config
+        services = self.services
+        if services.events is None:
+            services.events = state.metrics
+        http = upstream_client()
+        router: Router | None = None
+        try:
+            if services.storage is None and _needs_storage(config):
+                from modelgate.storage.manager import StorageManager
+
+                services.storage = StorageManager(config)
+                await services.storage.open_all()
+            if services.supervisor is None and _needs_supervisor(config):
+                from modelgate.supervisor.supervisor import Supervisor
+
+                services.supervisor = Supervisor(config, storage=services.storage)
+                await services.supervisor.start()
+            lifecycle = services.supervisor.lifecycle if services.supervisor is not None else None
+            ctx = BackendContext(config=config, http=http, services=services)
+            router = Router(config, ctx, lifecycle=lifecycle)
+            await router.start()
+            state.router = router
+            yield
+        finally:
+            state.draining = True
+            if router is not None:
+                await router.close()
+            if services.supervisor is not None:
+                await services.supervisor.stop()
+            if services.storage is not None:
+                await services.storage.close_all()
+            await http.close()
+            state.access.flush()
+
+    @asynccontextmanager
+    async def serving(
+        self, host: str, port: int, *, reuse_port: bool = False, drain_s: float | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """Start everything, listen, yield the bound address; on the way out, drain
+        in-flight requests (up to ``drain_s``, the config's by default), then stop."""
+        server = self.state.config.server
+        async with self.lifespan():
+            http = HTTPServer(self.handle, max_body=server.max_body_bytes)
+            try:
+                yield await http.listen(host, port, reuse_port=reuse_port)
+            finally:
+                self.state.draining = True
+                await http.shutdown(server.drain_timeout_s if drain_s is None else drain_s)
 
 
 def build_app(
@@ -92,21 +120,11 @@ def build_app(
     *,
     services: Services | None = None,
     extra_routes: Callable[[Routes], None] | None = None,
-) -> web.Application:
+) -> App:
     state = State(config=config, keys=KeyStore(config), metrics=Metrics())
-    app = web.Application(client_max_size=config.server.max_body_bytes)
-    app[STATE] = state
-    app[SERVICES] = services or Services()
-    routes = Routes(app)
+    routes = Routes()
     openai_routes.register(routes)
     ops.register(routes)
     if extra_routes is not None:
         extra_routes(routes)
-    routes.close()
-    app.cleanup_ctx.append(_lifespan)
-    app.on_cleanup.append(_flush_access_log)
-    return app
-
-
-async def _flush_access_log(app: web.Application) -> None:
-    app[STATE].access.flush()
+    return App(state, services or Services(), routes)

@@ -1,14 +1,14 @@
 """The one request guard: request id, auth (deny by default), OpenAI-shaped errors,
-access log and request metrics, around every handler.
+access log and request metrics, around every handler; and the route table.
 
-Not an aiohttp middleware: aiohttp runs middlewares through a cached handler chain
-plus a current-app layer of its own, per request; measured against one closure that
-wraps each handler at registration, that machinery cost 2-6% of a gateway request.
-``Routes`` registers handlers behind the guard, and a last catch-all route gives
-unknown paths and methods the same treatment (401 before 404 when auth is on)."""
+The guard wraps each handler once, at registration (one coroutine frame per request,
+no middleware chain).  A path no route takes, or a method its route does not
+answer, goes through the same guard to a 404 or 405 (401 before either when auth is
+on)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -17,13 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
 
 from modelgate.api.auth import KeyStore, Principal, Scope
+from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.config import Config
-from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound, PayloadTooLarge
+from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound
 from modelgate.logs import AccessLog
 from modelgate.metrics import Metrics
 from modelgate.types import Usage
@@ -52,9 +53,6 @@ class RequestInfo:
     usage: Usage | None = None
 
 
-INFO = web.RequestKey("info", RequestInfo)
-
-
 @dataclass
 class State:
     """Per-app state the handlers share (set in build_app and the lifespan)."""
@@ -68,9 +66,6 @@ class State:
     started: float = field(default_factory=time.time)
 
 
-STATE = web.AppKey("state", State)
-
-
 def _scope(path: str) -> Scope:
     if path.startswith("/admin/") or path == "/admin":
         return "admin"
@@ -79,24 +74,13 @@ def _scope(path: str) -> Scope:
     return "inference"
 
 
-def error_response(exc: ModelGateError, rid: str) -> web.Response:
-    headers = {"x-request-id": rid, **exc.headers()}
-    return web.Response(
-        status=exc.status, body=orjson.dumps(exc.to_body()), content_type="application/json", headers=headers
+def error_response(exc: ModelGateError, rid: str) -> Response:
+    return Response(
+        orjson.dumps(exc.to_body()), status=exc.status, headers={"x-request-id": rid, **exc.headers()}
     )
 
 
-def _translate_http(exc: web.HTTPException) -> ModelGateError:
-    if isinstance(exc, web.HTTPNotFound):
-        return NotFound("Unknown route.")
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return PayloadTooLarge("The request body is too large.")
-    return ModelGateError(exc.reason or "error")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 def guarded(handler: Handler) -> Handler:
@@ -104,19 +88,19 @@ def guarded(handler: Handler) -> Handler:
     return functools.partial(_guard, handler=handler)
 
 
-async def _guard(request: web.Request, *, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE]
+async def _guard(request: Request, *, handler: Handler) -> Response | StreamResponse:
+    state: State = request.app.state
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
     rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()
-    info = request[INFO] = RequestInfo(rid, state)
+    info = request.info = RequestInfo(rid, state)
     path = request.path
     status = 500
     limits = None
     try:
         if path not in OPEN_ROUTES:
             principal = info.principal = state.keys.authenticate(
-                request.headers.get("Authorization"), request.remote or "?", scope=_scope(path)
+                request.headers.get("authorization"), request.remote, scope=_scope(path)
             )
             if principal.limits is not None:
                 principal.limits.acquire()
@@ -129,14 +113,9 @@ async def _guard(request: web.Request, *, handler: Handler) -> web.StreamRespons
     except ModelGateError as exc:
         status = exc.status
         return error_response(exc, rid)
-    except web.HTTPException as exc:
-        err = _translate_http(exc)
-        status = exc.status if err.status == 500 else err.status
-        if err.status == 500:  # another framework status: keep it, in OpenAI's shape
-            resp = error_response(err, rid)
-            resp.set_status(exc.status)
-            return resp
-        return error_response(err, rid)
+    except (asyncio.CancelledError, ConnectionError):
+        status = 499  # the client went away before its answer was whole
+        raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": rid, "path": path})
         status = 500
@@ -167,37 +146,55 @@ async def _guard(request: web.Request, *, handler: Handler) -> web.StreamRespons
 
 
 class Routes:
-    """Where handlers are registered: each behind the guard."""
+    """The route table: each handler behind the guard.  A path is matched exactly, or
+    by a prefix ending in one ``{name}`` that takes the rest of the path."""
 
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
+    def __init__(self) -> None:
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._prefixed: list[tuple[str, str, dict[str, Handler]]] = []
+        self._not_found = guarded(_not_found)
+        self._not_allowed = guarded(_not_allowed)
 
     def get(self, path: str, handler: Handler) -> None:
-        self.app.router.add_get(path, guarded(handler), allow_head=False)
+        self._add("GET", path, handler)
 
     def post(self, path: str, handler: Handler) -> None:
-        self.app.router.add_post(path, guarded(handler))
+        self._add("POST", path, handler)
+
+    def _add(self, method: str, path: str, handler: Handler) -> None:
+        prefix, brace, name = path.partition("{")
+        if brace:
+            if not name.endswith("}") or not prefix.endswith("/"):
+                raise ValueError(f"route {path!r}: a parameter is the last part of a path")
+            found = [m for p, n, m in self._prefixed if p == prefix and n == name[:-1]]
+            methods = found[0] if found else {}
+            if not found:
+                self._prefixed.append((prefix, name[:-1], methods))
+        else:
+            methods = self._exact.setdefault(path, {})
+        methods[method] = guarded(handler)
 
     def has(self, method: str, path: str) -> bool:
-        return any(
-            r.method == method and r.resource is not None and r.resource.canonical == path
-            for r in self.app.router.routes()
-        )
+        return method in self._exact.get(path, {})
 
-    def close(self) -> None:
-        """The last route: any other path or method, guarded, answers 404 or 405."""
-        self.app.router.add_route("*", "/{unrouted:.*}", guarded(_unrouted))
+    def lookup(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The guarded handler for a request, and what the path's parameter matched."""
+        match: dict[str, str] = {}
+        methods = self._exact.get(path)
+        if methods is None:
+            for prefix, name, candidates in self._prefixed:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    methods, match = candidates, {name: unquote(path[len(prefix) :])}
+                    break
+            else:
+                return self._not_found, match
+        handler = methods.get(method)
+        return (self._not_allowed, match) if handler is None else (handler, match)
 
 
-async def _unrouted(request: web.Request) -> web.StreamResponse:
-    # only requests no route took get here; aiohttp's resolver would have said 405
-    # for a known path with another method: ask every other resource the same
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource.canonical != "/{unrouted}":
-            match, methods = await resource.resolve(request)
-            if match is None:
-                allowed |= methods
-    if allowed:
-        raise MethodNotAllowed(f"Method {request.method} is not allowed here.")
+async def _not_found(request: Request) -> Response:
     raise NotFound("Unknown route.")
+
+
+async def _not_allowed(request: Request) -> Response:
+    raise MethodNotAllowed(f"Method {request.method} is not allowed here.")

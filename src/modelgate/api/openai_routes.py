@@ -8,17 +8,11 @@ from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 
-from modelgate.api.middleware import INFO, STATE, RequestInfo, Routes, State
+from modelgate.api.http_messages import Request, Response, StreamResponse
+from modelgate.api.middleware import RequestInfo, Routes, State
 from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
-from modelgate.errors import (
-    InvalidRequest,
-    ModelNotFound,
-    PayloadTooLarge,
-    ShuttingDown,
-    UnsupportedMediaType,
-)
+from modelgate.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedMediaType
 from modelgate.router.router import Router
 from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import convert, render
@@ -26,19 +20,15 @@ from modelgate.wire import convert, render
 _JSON_TYPES = frozenset({"application/json", ""})
 
 
-def _state(request: web.Request) -> State:
-    return request.app[STATE]
+def _state(request: Request) -> State:
+    state: State = request.app.state
+    return state
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
+def read_json(request: Request) -> Any:
     if request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType("Content-Type must be application/json.")
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+    raw = request.read()  # PayloadTooLarge when over the limit
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
@@ -49,7 +39,7 @@ async def read_json(request: web.Request, limit: int) -> Any:
         ) from None
 
 
-def _model(state: State, request: web.Request, body: Any) -> Any:
+def _model(state: State, request: Request, body: Any) -> Any:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     name = body.get("model")
@@ -57,7 +47,7 @@ def _model(state: State, request: web.Request, body: Any) -> Any:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     assert state.router is not None
     model = state.router.resolve(name)
-    info = request[INFO]
+    info = request.info
     if info.principal is not None and not info.principal.may_use(model.id):
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"
@@ -72,12 +62,12 @@ def _router(state: State) -> Router:
     return state.router
 
 
-async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
-    info = request[INFO]
+async def _generate(request: Request, *, kind: str) -> Response | StreamResponse:
+    info = request.info
     state = info.state
     router = _router(state)
     info.route = kind
-    body = await read_json(request, state.config.server.max_body_bytes)
+    body = read_json(request)
     model = _model(state, request, body)
     limits = state.config.limits
     rid = info.rid
@@ -107,21 +97,21 @@ async def _generate(request: web.Request, *, kind: str) -> web.StreamResponse:
             if kind == "chat"
             else agg.completion_body(out_id, body["model"], created)
         )
-        return web.Response(body=orjson.dumps(data), content_type="application/json")
+        return Response(body=orjson.dumps(data))
     finally:
         in_flight.dec()
 
 
 async def _stream(
-    request: web.Request,
+    request: Request,
     state: State,
     req: GenerationRequest,
     router: Router,
     out_id: str,
     client_model: str,
     started: float,
-) -> web.StreamResponse:
-    info = request[INFO]
+) -> Response | StreamResponse:
+    info = request.info
     gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
     keepalive = KeepAlive(request, state.config.server.sse_keepalive_s)
     try:
@@ -166,29 +156,29 @@ chat_completions = functools.partial(_generate, kind="chat")
 completions = functools.partial(_generate, kind="completion")
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
+async def embeddings(request: Request) -> Response | StreamResponse:
     state = _state(request)
     router = _router(state)
-    request[INFO].route = "embeddings"
-    body = await read_json(request, state.config.server.max_body_bytes)
+    request.info.route = "embeddings"
+    body = read_json(request)
     model = _model(state, request, body)
     if model.task != "embedding" and model.backend == "local":
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
-    req = convert.embedding_request(body, model, state.config.limits, request[INFO].rid)
+    req = convert.embedding_request(body, model, state.config.limits, request.info.rid)
     result = await router.embed(req)
     if req.dimensions is not None:
         if any(len(v) < req.dimensions for v in result.vectors):
             raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
         result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
-    request[INFO].usage = Usage(result.prompt_tokens, 0)
+    request.info.usage = Usage(result.prompt_tokens, 0)
     state.metrics.child(state.metrics.tokens, model.id, "prompt").inc(result.prompt_tokens)
     data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
+    return Response(body=orjson.dumps(data))
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def list_models(request: Request) -> Response:
     state = _state(request)
-    principal = request[INFO].principal
+    principal = request.info.principal
     created = int(state.started)
     rows = []
     for m in state.config.models:
@@ -196,21 +186,21 @@ async def list_models(request: web.Request) -> web.Response:
             continue
         for name in (m.id, *m.aliases):
             rows.append((name, "modelgate"))
-    return web.Response(body=orjson.dumps(render.models_body(rows, created)), content_type="application/json")
+    return Response(body=orjson.dumps(render.models_body(rows, created)))
 
 
-async def get_model(request: web.Request) -> web.Response:
+async def get_model(request: Request) -> Response:
     state = _state(request)
     name = request.match_info["model"]
     assert state.router is not None
     model = state.router.resolve(name)
-    principal = request[INFO].principal
+    principal = request.info.principal
     if principal is not None and not principal.may_use(model.id):
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"
         )
     body = {"id": name, "object": "model", "created": int(state.started), "owned_by": "modelgate"}
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return Response(body=orjson.dumps(body))
 
 
 def register(routes: Routes) -> None:

@@ -5,31 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from modelgate.api.middleware import STATE, Routes, State
-
-
-def _state(request: web.Request) -> State:
-    return request.app[STATE]
+from modelgate.api.http_messages import Request, Response
+from modelgate.api.middleware import Routes, State
 
 
-def _services(request: web.Request) -> Any:
-    from modelgate.api.app import SERVICES
-
-    return request.app[SERVICES]
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+def _state(request: Request) -> State:
+    state: State = request.app.state
+    return state
 
 
-def _storage_status(request: web.Request) -> dict[str, Any]:
+def _services(request: Request) -> Any:
+    return request.app.services
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status)
+
+
+def _storage_status(request: Request) -> dict[str, Any]:
     storage = getattr(_services(request), "storage", None)
     return storage.status() if storage is not None else {}
 
 
-def model_readiness(request: web.Request) -> dict[str, str | None]:
+def model_readiness(request: Request) -> dict[str, str | None]:
     """model id -> None when usable, else why not (router state and storage state)."""
     state = _state(request)
     out: dict[str, str | None]
@@ -43,11 +42,11 @@ def model_readiness(request: web.Request) -> dict[str, str | None]:
     return out
 
 
-async def health(request: web.Request) -> web.Response:
+async def health(request: Request) -> Response:
     return _json({"status": "ok"})
 
 
-async def ready(request: web.Request) -> web.Response:
+async def ready(request: Request) -> Response:
     state = _state(request)
     if state.draining:
         return _json({"status": "draining", "models": {}}, status=503)
@@ -57,18 +56,16 @@ async def ready(request: web.Request) -> web.Response:
     return _json(body, status=200 if ok else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: Request) -> Response:
     state = _state(request)
     supervisor = getattr(_services(request), "supervisor", None)
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
     state.metrics.key_limits(state.keys.limited())
-    resp = web.Response(body=state.metrics.render())
-    resp.headers["Content-Type"] = state.metrics.content_type
-    return resp
+    return Response(state.metrics.render(), content_type=state.metrics.content_type)
 
 
-async def admin_endpoints(request: web.Request) -> web.Response:
+async def admin_endpoints(request: Request) -> Response:
     state = _state(request)
     storage = _storage_status(request)
     readiness = model_readiness(request)
@@ -84,11 +81,11 @@ async def admin_endpoints(request: web.Request) -> web.Response:
     return _json({"models": models})
 
 
-async def admin_keys(request: web.Request) -> web.Response:
+async def admin_keys(request: Request) -> Response:
     return _json({"keys": _state(request).keys.describe()})
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(request: Request) -> Response:
     from modelgate.api.openapi import document
 
     return _json(document())

@@ -12,9 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from aiohttp import web
-
-from modelgate.api.app import STATE, build_app
+from modelgate.api.app import build_app
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import State
 from modelgate.config import Config, ModelConfig, self_loop
@@ -60,27 +58,21 @@ def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[s
 
 async def run_server(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
     app = build_app(config)
-    runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.drain_timeout_s
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
-    # What start-up built (modules, config, app, backends) lives as long as the
-    # process: out of the cyclic collector's reach, its passes walk only what
-    # requests allocate.
-    gc.collect()
-    gc.freeze()
-    log.info("serving", extra={"host": host, "port": port, "models": [m.id for m in config.models]})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[STATE])
-    await stop.wait()
-    log.info("draining", extra={"timeout_s": config.server.drain_timeout_s})
-    app[STATE].draining = True
-    await runner.cleanup()
+    async with app.serving(host, port, reuse_port=reuse_port) as (host, port):
+        # What start-up built (modules, config, app, backends) lives as long as the
+        # process: out of the cyclic collector's reach, its passes walk only what
+        # requests allocate.
+        gc.collect()
+        gc.freeze()
+        log.info("serving", extra={"host": host, "port": port, "models": [m.id for m in config.models]})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_keys, app.state)
+        await stop.wait()
+        log.info("draining", extra={"timeout_s": config.server.drain_timeout_s})
+        app.state.draining = True
     log.info("stopped")
 
 

@@ -13,9 +13,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import orjson
-from aiohttp import web
 
-from modelgate.api.middleware import INFO
+from modelgate.api.http_messages import Request, StreamResponse
 from modelgate.errors import InternalError, ModelGateError
 from modelgate.types import Chunk, GenerationRequest
 from modelgate.wire.render import ChunkRenderer
@@ -23,24 +22,19 @@ from modelgate.wire.render import ChunkRenderer
 log = logging.getLogger("modelgate.stream")
 
 SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
 }
-
-
-class _SSEResponse(web.StreamResponse):
-    # Headers go out with the first events instead of in a write of their own:
-    # prepare() runs only once the first content chunk is here, so nothing waits.
-    _send_headers_immediately = False
 
 
 def _event(body: object) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def sse_response(rid: str) -> web.StreamResponse:
-    return _SSEResponse(status=200, headers={**SSE_HEADERS, "x-request-id": rid})
+def sse_response(rid: str) -> StreamResponse:
+    # its head goes out with the first events, not in a write of its own
+    return StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": rid})
 
 
 class KeepAlive:
@@ -52,19 +46,19 @@ class KeepAlive:
 
     __slots__ = ("_interval", "_request", "_task", "_timer", "response")
 
-    def __init__(self, request: web.Request, interval: float) -> None:
+    def __init__(self, request: Request, interval: float) -> None:
         self._request = request
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(interval, self._start) if interval > 0 else None
-        self.response: web.StreamResponse | None = None  # prepared once the first comment is due
+        self.response: StreamResponse | None = None  # prepared once the first comment is due
 
     def _start(self) -> None:
         self._timer = None
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:
-        resp = self.response = sse_response(self._request[INFO].rid)
+        resp = self.response = sse_response(self._request.info.rid)
         await resp.prepare(self._request)  # no await inside suspends: never cut halfway
         while True:
             await resp.write(b": keep-alive\n\n")
@@ -86,7 +80,7 @@ class KeepAlive:
                     raise  # we were cancelled too (the client went away)
 
 
-async def fail_stream(resp: web.StreamResponse, exc: BaseException, rid: str, pending: list[bytes]) -> None:
+async def fail_stream(resp: StreamResponse, exc: BaseException, rid: str, pending: list[bytes]) -> None:
     """After the first byte: what is pending, then exactly one error event, no [DONE]."""
     if isinstance(exc, ModelGateError):
         pending.append(_event(exc.to_body()))
@@ -98,16 +92,16 @@ async def fail_stream(resp: web.StreamResponse, exc: BaseException, rid: str, pe
 
 
 async def stream_sse(
-    request: web.Request,
+    request: Request,
     req: GenerationRequest,
     gen: AsyncIterator[Chunk],
     first: Chunk | None,
     renderer: ChunkRenderer,
-    resp: web.StreamResponse | None = None,
-) -> web.StreamResponse:
+    resp: StreamResponse | None = None,
+) -> StreamResponse:
     """The stream from its first chunk on (``resp``: already prepared by KeepAlive)."""
     if resp is None:
-        resp = sse_response(request[INFO].rid)
+        resp = sse_response(request.info.rid)
         await resp.prepare(request)
     usage = None
     pending: list[bytes] = []  # events already rendered, written together (see Chunk.buffered)
@@ -126,9 +120,9 @@ async def stream_sse(
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception as exc:
-        await fail_stream(resp, exc, request[INFO].rid, pending)
+        await fail_stream(resp, exc, request.info.rid, pending)
         return resp
-    request[INFO].usage = usage
+    request.info.usage = usage
     pending.append(b"data: [DONE]\n\n")
     await resp.write_eof(b"".join(pending))  # the rest, [DONE] and the end: one write
     return resp

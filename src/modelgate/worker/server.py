@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from modelgate.config import Config, ModelConfig, build_config
 from modelgate.engine.runtime import LocalModel, load_local_model
 from modelgate.worker.tgi_routes import WORKER_MODEL, register_tgi_routes
+
+if TYPE_CHECKING:
+    from modelgate.api.app import App
 
 log = logging.getLogger("modelgate.worker")
 
@@ -44,17 +45,11 @@ def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
     return build_config(raw, source="<modelgate worker>", environ=os.environ if environ is None else environ)
 
 
-def build_worker_app(config: Config, local: LocalModel) -> web.Application:
+def build_worker_app(config: Config, local: LocalModel) -> App:
     from modelgate.api.app import Services, build_app
-    from modelgate.api.middleware import Routes
 
-    services = Services(extra={"local_models": {local.config.id: local}})
-
-    def routes(table: Routes) -> None:
-        table.app[WORKER_MODEL] = local
-        register_tgi_routes(table)
-
-    return build_app(config, services=services, extra_routes=routes)
+    services = Services(extra={"local_models": {local.config.id: local}, WORKER_MODEL: local})
+    return build_app(config, services=services, extra_routes=register_tgi_routes)
 
 
 def load_worker_model(config: Config) -> LocalModel:
@@ -64,21 +59,14 @@ def load_worker_model(config: Config) -> LocalModel:
 
 async def _serve(config: Config, local: LocalModel) -> None:
     app = build_worker_app(config, local)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    await site.start()
-    host, port = runner.addresses[0][:2]  # the real port when --port 0
-    log.info("worker for %s on http://%s:%s", local.config.id, host, port)
-    print(f"modelgate worker: serving {local.config.id} on http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    async with app.serving(config.server.host, config.server.port) as (host, port):  # port 0: the real one
+        log.info("worker for %s on http://%s:%s", local.config.id, host, port)
+        print(f"modelgate worker: serving {local.config.id} on http://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from modelgate import __version__
+from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.api.middleware import Routes
 from modelgate.engine.runtime import LocalModel
 from modelgate.engine.sequence import SeqParams, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
 from modelgate.worker.tgi_schema import CompatGenerateRequest, GenerateRequest, ValidationError
 
-WORKER_MODEL = web.AppKey("worker_model", LocalModel)
+WORKER_MODEL = "worker_model"  # the key of the worker's model in the app's services.extra
 MAX_STOP = 4
 
 
@@ -47,9 +47,9 @@ def tgi_error(exc: ModelGateError) -> tuple[int, dict[str, str]]:
     return 424, {"error": exc.message, "error_type": "generation"}
 
 
-def _error_response(exc: ModelGateError) -> web.Response:
+def _error_response(exc: ModelGateError) -> Response:
     status, body = tgi_error(exc)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return Response(orjson.dumps(body), status=status)
 
 
 # -- request handling -------------------------------------------------------------------
@@ -67,9 +67,9 @@ class _Run:
     last: TokenEvent | None = None
 
 
-async def _parse(request: web.Request, model: type[GenerateRequest]) -> GenerateRequest:
+async def _parse(request: Request, model: type[GenerateRequest]) -> GenerateRequest:
     try:
-        return model.model_validate_json(await request.read())
+        return model.model_validate_json(request.read())
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -139,8 +139,8 @@ async def _generate_json(local: LocalModel, run: _Run) -> dict[str, Any]:
     return out
 
 
-async def _stream(request: web.Request, local: LocalModel, run: _Run) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+async def _stream(request: Request, local: LocalModel, run: _Run) -> Response | StreamResponse:
+    resp = StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await resp.prepare(request)
     try:
         async for token, last in _events(local, run):
@@ -168,17 +168,17 @@ def _stream_details(run: _Run) -> dict[str, Any]:
 # -- handlers ---------------------------------------------------------------------------
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    local = request.app[WORKER_MODEL]
+async def generate(request: Request) -> Response | StreamResponse:
+    local = _local(request)
     try:
         run = _prepare(local, await _parse(request, GenerateRequest))
-        return web.json_response(await _generate_json(local, run), dumps=_dumps)
+        return Response(orjson.dumps(await _generate_json(local, run)))
     except ModelGateError as exc:
         return _error_response(exc)
 
 
-async def generate_stream(request: web.Request) -> web.StreamResponse:
-    local = request.app[WORKER_MODEL]
+async def generate_stream(request: Request) -> Response | StreamResponse:
+    local = _local(request)
     try:
         run = _prepare(local, await _parse(request, GenerateRequest))
     except ModelGateError as exc:
@@ -186,20 +186,20 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     return await _stream(request, local, run)
 
 
-async def compat_generate(request: web.Request) -> web.StreamResponse:
-    local = request.app[WORKER_MODEL]
+async def compat_generate(request: Request) -> Response | StreamResponse:
+    local = _local(request)
     try:
         body = await _parse(request, CompatGenerateRequest)
         run = _prepare(local, body)
         if isinstance(body, CompatGenerateRequest) and body.stream:
             return await _stream(request, local, run)
-        return web.json_response([await _generate_json(local, run)], dumps=_dumps)
+        return Response(orjson.dumps([await _generate_json(local, run)]))
     except ModelGateError as exc:
         return _error_response(exc)
 
 
-async def info(request: web.Request) -> web.Response:
-    local = request.app[WORKER_MODEL]
+async def info(request: Request) -> Response:
+    local = _local(request)
     ctx = local.loaded.max_context
     body = {
         "model_id": local.config.id,
@@ -217,15 +217,15 @@ async def info(request: web.Request) -> web.Response:
         "sha": None,
         "docker_label": None,
     }
-    return web.json_response(body, dumps=_dumps)
+    return Response(orjson.dumps(body))
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.Response(status=200)
+async def health(request: Request) -> Response:
+    return Response(content_type=None)
 
 
-async def tokenize(request: web.Request) -> web.Response:
-    local = request.app[WORKER_MODEL]
+async def tokenize(request: Request) -> Response:
+    local = _local(request)
     try:
         body = await _parse(request, GenerateRequest)
     except ModelGateError as exc:
@@ -235,8 +235,9 @@ async def tokenize(request: web.Request) -> web.Response:
         {"id": i, "text": body.inputs[a:b], "start": a, "stop": b}
         for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
     ]
-    return web.json_response(out, dumps=_dumps)
+    return Response(orjson.dumps(out))
 
 
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+def _local(request: Request) -> LocalModel:
+    local: LocalModel = request.app.services.extra[WORKER_MODEL]
+    return local

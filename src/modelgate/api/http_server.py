@@ -1,0 +1,401 @@
+"""modelgate's HTTP/1.1 server: an asyncio Protocol per client connection whose
+bytes httptools parses (llhttp, the parser of Node.js and uvicorn).  It replaced
+aiohttp's server, whose request machinery cost about half the CPU of a proxied
+request (``bench/passthrough_proxy.py ... raw``).
+
+What a connection does:
+
+- keep-alive, and pipelined requests answered in order (reading pauses while more
+  than ``MAX_PIPELINED`` wait);
+- a request head over ``MAX_HEAD`` bytes is a 431, anything llhttp refuses a 400,
+  both OpenAI-shaped, and the connection closes;
+- ``Expect: 100-continue`` is answered before the body is sent, unless the declared
+  length is already over the limit; a body over the limit is not kept, the handler
+  runs at once (it answers 413), and what is left of the body is read and dropped
+  for up to ``LINGER_S`` so that the client sees the answer, not a reset;
+- the handler is cancelled when its client goes away (that is how a gone client
+  cancels an upstream request);
+- a connection idle for ``keepalive_s`` (no request running, the next not
+  complete) is closed;
+- ``shutdown`` stops listening, closes idle connections, lets running requests
+  finish for up to its timeout (their answers say ``connection: close``), then
+  cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+
+import httptools
+import orjson
+
+from modelgate.api.http_messages import Request, Response, StreamResponse
+from modelgate.errors import InvalidRequest
+
+log = logging.getLogger("modelgate.http")
+
+MAX_HEAD = 65536  # request line and headers of one request
+MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
+LINGER_S = 5.0  # how long the rest of a refused body is read and dropped
+Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_drain",
+        "_head_bytes",
+        "_head_fresh",
+        "_headers",
+        "_in_head",
+        "_linger",
+        "_paused_reading",
+        "_paused_writing",
+        "_pending",
+        "_request",
+        "_server",
+        "_url",
+        "closing",
+        "idle_since",
+        "parser",
+        "remote",
+        "task",
+        "transport",
+    )
+
+    def __init__(self, server: HTTPServer) -> None:
+        self._server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.remote = "?"
+        self.task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.idle_since = time.monotonic()
+        self._pending: deque[Request] = deque()
+        self._request: Request | None = None  # the one being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._in_head = False  # between on_message_begin and on_headers_complete
+        self._head_fresh = False
+        self._head_bytes = 0
+        self._linger = False  # dropping the rest of a refused body
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else "?"
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._server.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # e.g. ``Upgrade: h2c``: answered as HTTP/1.1, then the connection ends
+            if self._pending:
+                self._pending[-1].keep_alive = False
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        except _HeadTooLarge:
+            return self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
+        except httptools.HttpParserError as exc:
+            return self._refuse(400, f"Malformed HTTP request: {exc}.")
+        if self._in_head:  # a head still incomplete: count what it has taken (not the read it began in)
+            if self._head_fresh:
+                self._head_fresh = False
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD:
+                    self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_fresh = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_HEAD:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        headers: dict[str, str] = {}
+        size = len(self._url)
+        for raw_name, raw_value in self._headers:
+            size += len(raw_name) + len(raw_value)
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if size > MAX_HEAD:
+            raise _HeadTooLarge
+        parser = self.parser
+        url = self._url.decode("latin-1")
+        if not url.startswith("/"):
+            url = self._origin_form(url)
+        request = self._request = Request(
+            parser.get_method().decode("latin-1"),
+            url,
+            headers,
+            remote=self.remote,
+            http11=parser.get_http_version() == "1.1",
+            keep_alive=parser.should_keep_alive(),
+            channel=self,
+            limit=self._server.max_body,
+        )
+        length = request.content_length
+        if length is not None and length > request.limit:
+            self._refuse_body(request)
+        elif headers.get("expect", "").lower() == "100-continue" and request.http11:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+
+    @staticmethod
+    def _origin_form(url: str) -> str:
+        """``http://host/path?q`` (absolute form) or ``*``: the path and query."""
+        try:
+            parsed = httptools.parse_url(url.encode("latin-1"))
+        except httptools.HttpParserInvalidURLError:
+            raise httptools.HttpParserError("invalid request target") from None
+        path = (parsed.path or b"/").decode("latin-1")
+        return path + ("?" + parsed.query.decode("latin-1") if parsed.query else "")
+
+    def on_body(self, body: bytes) -> None:
+        if self._linger:
+            return
+        self._body_size += len(body)
+        if self._body_size > self._server.max_body:
+            self._refuse_body(self._request)  # type: ignore[arg-type]
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request, self._request = self._request, None
+        if self._linger:
+            self._linger = False
+            if self.task is None:  # answered already: the rest of the body is dropped
+                self.close()
+            return
+        assert request is not None
+        body = self._body
+        request.set_body(body[0] if len(body) == 1 else b"".join(body))
+        self._body = []
+        self._dispatch(request)
+
+    def _refuse_body(self, request: Request) -> None:
+        """Over the limit: not kept; the handler answers now, the connection ends after."""
+        request.too_large = True
+        request.keep_alive = False
+        self._body = []
+        self._linger = True
+        self._dispatch(request)
+
+    # answering
+
+    def _dispatch(self, request: Request) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve(request))
+            return
+        self._pending.append(request)
+        if len(self._pending) >= MAX_PIPELINED and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    async def _serve(self, request: Request) -> None:
+        server = self._server
+        try:
+            while True:
+                response = await server.handler(request)
+                if not response.prepared:
+                    out = response.encode(server.date(), self.keep_alive(request), request.method == "HEAD")  # type: ignore[union-attr]
+                    self.write(out)
+                elif not response.finished:  # type: ignore[union-attr]
+                    await response.write_eof()  # type: ignore[union-attr]
+                if not self.keep_alive(request):
+                    self._end()
+                    return
+                if not self._pending:
+                    return
+                request = self._pending.popleft()
+                if self._paused_reading and len(self._pending) < MAX_PIPELINED // 2:
+                    self._paused_reading = False
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+        except (asyncio.CancelledError, ConnectionError):
+            self.close()  # the client went away, or the server is stopping
+        except Exception:
+            log.exception("could not answer a request")
+            self.close()
+        finally:
+            self.task = None
+            self.idle_since = time.monotonic()
+
+    def _end(self) -> None:
+        """After an answer that ends the connection: close, or drop the rest of a refused body first."""
+        if not self._linger:
+            self.close()
+            return
+        self._pending.clear()
+        asyncio.get_running_loop().call_later(LINGER_S, self.close)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """The request cannot be parsed: an OpenAI-shaped error if nothing is being answered, then close."""
+        if self.task is None and not self.closing:
+            err = InvalidRequest(
+                message, code="malformed_http" if status == 400 else "request_header_too_large"
+            )
+            body = Response(orjson.dumps(err.to_body()), status=status)
+            self.write(body.encode(self._server.date(), False))
+        self.close()
+
+    # Channel: what responses write to
+
+    def keep_alive(self, request: Request) -> bool:
+        return request.keep_alive and not self.closing and not self._server.draining
+
+    def date(self) -> bytes:
+        return self._server.date()
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            raise ConnectionResetError("the client has gone away")
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drain(self) -> None:
+        if self.closing:
+            raise ConnectionResetError("the client has gone away")
+        if self._paused_writing:
+            waiter = self._drain = asyncio.get_running_loop().create_future()
+            await waiter
+            if self.closing:
+                raise ConnectionResetError("the client has gone away")
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None and self._request is None
+
+
+class HTTPServer:
+    """Listening sockets, their connections, and the handler every request goes to."""
+
+    def __init__(self, handler: Handler, *, max_body: int, keepalive_s: float = 75.0) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.keepalive_s = keepalive_s
+        self.connections: set[HTTPConnection] = set()
+        self.draining = False
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._date = b""
+        self._date_second = 0
+
+    async def listen(
+        self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+    ) -> tuple[str, int]:
+        """Start listening; the address really bound (port 0 picks one)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: HTTPConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        sockname: Any = server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    def date(self) -> bytes:
+        """The ``date`` header line, made once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._date
+
+    async def _sweep(self) -> None:
+        """Close connections idle for longer than keep-alive (or a request that never completes)."""
+        while True:
+            await asyncio.sleep(min(5.0, self.keepalive_s / 2))
+            cutoff = time.monotonic() - self.keepalive_s
+            for conn in [c for c in self.connections if c.task is None and c.idle_since < cutoff]:
+                conn.close()
+
+    async def shutdown(self, drain_s: float) -> None:
+        """Stop listening, let running requests finish for up to ``drain_s``, then cancel them."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + drain_s
+        while True:
+            for conn in [c for c in self.connections if c.idle]:
+                conn.close()
+            busy = [c for c in self.connections if c.task is not None]
+            if not busy or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        tasks = [c.task for c in self.connections if c.task is not None]
+        for conn in list(self.connections):
+            conn.abort()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            await server.wait_closed()
