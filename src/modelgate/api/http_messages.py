@@ -41,7 +41,7 @@ class Channel(Protocol):
 
     def date(self) -> bytes: ...
 
-    def keep_alive(self, request: Request) -> bool: ...
+    def connection_line(self, request: Request) -> bytes: ...
 
 
 def encode_head(status: int, headers: dict[str, str], extra: bytes) -> bytes:
@@ -163,7 +163,7 @@ class Response:
         self.content_type = content_type
         self.headers = headers if headers is not None else {}
 
-    def encode(self, date: bytes, keep_alive: bool, head_only: bool = False) -> bytes:
+    def encode(self, date: bytes, connection: bytes, head_only: bool = False) -> bytes:
         """The answer's bytes (``head_only``: to a HEAD request, the length but no body)."""
         headers = self.headers
         if self.content_type is not None and "content-type" not in headers:
@@ -171,7 +171,7 @@ class Response:
         extra = b"content-length: %d\r\n%s%s\r\n" % (
             len(self.body),
             date,
-            b"" if keep_alive else b"connection: close\r\n",
+            connection,
         )
         return encode_head(self.status, headers, extra) + (b"" if head_only else self.body)
 
@@ -198,11 +198,10 @@ class StreamResponse:
         self._chunked = request.http11  # HTTP/1.0: the body ends where the connection does
         if not self._chunked:
             request.keep_alive = False
-        keep_alive = channel.keep_alive(request)
         extra = b"%s%s%s\r\n" % (
             b"transfer-encoding: chunked\r\n" if self._chunked else b"",
             channel.date(),
-            b"" if keep_alive else b"connection: close\r\n",
+            channel.connection_line(request),
         )
         self._head = encode_head(self.status, self.headers, extra)
         self.prepared = True

@@ -36,7 +36,7 @@ import httptools
 import orjson
 
 from modelgate.api.http_messages import Request, Response, StreamResponse
-from modelgate.errors import InvalidRequest
+from modelgate.errors import InternalError, InvalidRequest
 
 log = logging.getLogger("modelgate.http")
 
@@ -44,6 +44,9 @@ MAX_HEAD = 65536  # request line and headers of one request
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
 LINGER_S = 5.0  # how long the rest of a refused body is read and dropped
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+INTERNAL_ERROR = Response(
+    orjson.dumps(InternalError("The server had an error while answering.").to_body()), status=500
+)
 
 
 class _HeadTooLarge(Exception):
@@ -61,6 +64,7 @@ class HTTPConnection(asyncio.Protocol):
         "_head_fresh",
         "_headers",
         "_in_head",
+        "_last",
         "_linger",
         "_paused_reading",
         "_paused_writing",
@@ -94,6 +98,7 @@ class HTTPConnection(asyncio.Protocol):
         self._head_fresh = False
         self._head_bytes = 0
         self._linger = False  # dropping the rest of a refused body
+        self._last = False  # nothing more is read: the connection ends after what is parsed
         self._paused_reading = False
         self._paused_writing = False
         self._drain: asyncio.Future[None] | None = None
@@ -130,13 +135,10 @@ class HTTPConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # e.g. ``Upgrade: h2c``: answered as HTTP/1.1, then the connection ends
-            if self._pending:
-                self._pending[-1].keep_alive = False
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            return
-        except _HeadTooLarge:
-            return self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
+            return self._stop_reading()
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):  # raised in a callback, wrapped by httptools
+                return self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
             return self._refuse(400, f"Malformed HTTP request: {exc}.")
         if self._in_head:  # a head still incomplete: count what it has taken (not the read it began in)
             if self._head_fresh:
@@ -193,7 +195,9 @@ class HTTPConnection(asyncio.Protocol):
         length = request.content_length
         if length is not None and length > request.limit:
             self._refuse_body(request)
-        elif headers.get("expect", "").lower() == "100-continue" and request.http11:
+        elif headers.get("expect", "").lower() == "100-continue" and request.http11 and self.task is None:
+            # not behind a pipelined request still being answered (it would come first):
+            # the client then sends its body after a wait of its own (RFC 9110 15.2.1)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
 
     @staticmethod
@@ -249,12 +253,14 @@ class HTTPConnection(asyncio.Protocol):
 
     async def _serve(self, request: Request) -> None:
         server = self._server
+        response: Response | StreamResponse | None = None
         try:
             while True:
+                response = None
                 response = await server.handler(request)
                 if not response.prepared:
-                    out = response.encode(server.date(), self.keep_alive(request), request.method == "HEAD")  # type: ignore[union-attr]
-                    self.write(out)
+                    line = self.connection_line(request)
+                    self.write(response.encode(server.date(), line, request.method == "HEAD"))  # type: ignore[union-attr]
                 elif not response.finished:  # type: ignore[union-attr]
                     await response.write_eof()  # type: ignore[union-attr]
                 if not self.keep_alive(request):
@@ -263,13 +269,15 @@ class HTTPConnection(asyncio.Protocol):
                 if not self._pending:
                     return
                 request = self._pending.popleft()
-                if self._paused_reading and len(self._pending) < MAX_PIPELINED // 2:
+                if self._paused_reading and not self._last and len(self._pending) < MAX_PIPELINED // 2:
                     self._paused_reading = False
                     self.transport.resume_reading()  # type: ignore[union-attr]
         except (asyncio.CancelledError, ConnectionError):
             self.close()  # the client went away, or the server is stopping
         except Exception:
             log.exception("could not answer a request")
+            if not self.closing and (response is None or not response.prepared):
+                self.write(INTERNAL_ERROR.encode(server.date(), b"connection: close\r\n"))
             self.close()
         finally:
             self.task = None
@@ -284,19 +292,42 @@ class HTTPConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
     def _refuse(self, status: int, message: str) -> None:
-        """The request cannot be parsed: an OpenAI-shaped error if nothing is being answered, then close."""
-        if self.task is None and not self.closing:
+        """The request cannot be parsed: an OpenAI-shaped error, then close; or, while
+        earlier requests are being answered, their answers, then close."""
+        if self.task is not None:
+            self._stop_reading()
+            return
+        if not self.closing:
             err = InvalidRequest(
                 message, code="malformed_http" if status == 400 else "request_header_too_large"
             )
             body = Response(orjson.dumps(err.to_body()), status=status)
-            self.write(body.encode(self._server.date(), False))
+            self.write(body.encode(self._server.date(), b"connection: close\r\n"))
         self.close()
+
+    def _stop_reading(self) -> None:
+        """Nothing more is read: what is parsed is answered, then the connection ends."""
+        self._last = True
+        if not self.closing:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            if self.task is None:
+                self.close()
 
     # Channel: what responses write to
 
     def keep_alive(self, request: Request) -> bool:
-        return request.keep_alive and not self.closing and not self._server.draining
+        return (
+            request.keep_alive
+            and not self.closing
+            and not self._server.draining
+            and not (self._last and not self._pending)
+        )
+
+    def connection_line(self, request: Request) -> bytes:
+        """The ``connection`` header of an answer to ``request``."""
+        if not self.keep_alive(request):
+            return b"connection: close\r\n"
+        return b"" if request.http11 else b"connection: keep-alive\r\n"
 
     def date(self) -> bytes:
         return self._server.date()
@@ -311,7 +342,11 @@ class HTTPConnection(asyncio.Protocol):
             raise ConnectionResetError("the client has gone away")
         if self._paused_writing:
             waiter = self._drain = asyncio.get_running_loop().create_future()
-            await waiter
+            try:
+                await asyncio.wait_for(waiter, self._server.keepalive_s)
+            except TimeoutError:  # a client that stops reading does not hold its request forever
+                self.abort()
+                raise ConnectionResetError("the client stopped reading") from None
             if self.closing:
                 raise ConnectionResetError("the client has gone away")
 
