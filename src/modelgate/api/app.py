@@ -15,6 +15,7 @@ from modelgate.api.auth import KeyStore
 from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.api.http_server import HTTPServer
 from modelgate.api.middleware import Routes, State
+from modelgate.api.streaming import KeepAliveClock
 from modelgate.backends.base import BackendContext
 from modelgate.backends.http import upstream_client
 from modelgate.config import Config
@@ -121,7 +122,12 @@ def build_app(
     services: Services | None = None,
     extra_routes: Callable[[Routes], None] | None = None,
 ) -> App:
-    state = State(config=config, keys=KeyStore(config), metrics=Metrics())
+    state = State(
+        config=config,
+        keys=KeyStore(config),
+        metrics=Metrics(),
+        keepalive=KeepAliveClock(config.server.sse_keepalive_s),
+    )
     routes = Routes()
     openai_routes.register(routes)
     ops.register(routes)

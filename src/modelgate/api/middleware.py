@@ -23,6 +23,7 @@ import orjson
 
 from modelgate.api.auth import KeyStore, Principal, Scope
 from modelgate.api.http_messages import Request, Response, StreamResponse
+from modelgate.api.streaming import KeepAliveClock
 from modelgate.config import Config
 from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound
 from modelgate.logs import AccessLog
@@ -61,6 +62,7 @@ class State:
     keys: KeyStore
     metrics: Metrics
     access: AccessLog = field(default_factory=AccessLog)
+    keepalive: KeepAliveClock = field(default_factory=lambda: KeepAliveClock(0.0))
     router: Router | None = None
     draining: bool = False
     started: float = field(default_factory=time.time)

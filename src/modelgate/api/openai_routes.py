@@ -113,7 +113,7 @@ async def _stream(
 ) -> Response | StreamResponse:
     info = request.info
     gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
-    keepalive = KeepAlive(request, state.config.server.sse_keepalive_s)
+    keepalive = KeepAlive(request, state.keepalive)
     try:
         try:
             first = await anext(gen, None)

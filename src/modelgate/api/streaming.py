@@ -9,8 +9,9 @@ generator cancels the upstream request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
@@ -37,24 +38,66 @@ def sse_response(rid: str) -> StreamResponse:
     return StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": rid})
 
 
+class KeepAliveClock:
+    """When each stream's first keep-alive comment is due, for every stream of the app,
+    on one loop timer: all wait the same interval, so they fall due in the order they
+    were armed.  Arming and disarming are a dict write each; a loop timer per stream
+    (armed, then cancelled when the first chunk comes) cost 11-28 µs of latency per
+    streamed request at one connection (medians of 8-10 interleaved rounds, two runs)."""
+
+    __slots__ = ("_due", "_keys", "_timer", "interval")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._due: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, callback: Callable[[], None]) -> int:
+        loop = asyncio.get_running_loop()
+        key = next(self._keys)
+        when = loop.time() + self.interval
+        self._due[key] = (when, callback)
+        if self._timer is None:
+            self._timer = loop.call_at(when, self._fire)
+        return key
+
+    def disarm(self, key: int) -> None:
+        self._due.pop(key, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self._due
+        while due:
+            key = next(iter(due))
+            when, callback = due[key]
+            if when > now:
+                self._timer = loop.call_at(when, self._fire)
+                return
+            del due[key]
+            callback()
+
+
 class KeepAlive:
     """Until a stream's first chunk: after ``interval`` seconds of silence the 200 goes
     out, then an SSE comment every ``interval``, so that the idle timeouts of proxies
     and load balancers between here and the client do not cut a slow start.  A comment
-    is not content: failover before the first token stays unseen.  One loop timer
-    while nothing is slow; a task of its own only once it is."""
+    is not content: failover before the first token stays unseen.  A key on the app's
+    ``KeepAliveClock`` while nothing is slow; a task of its own only once it is."""
 
-    __slots__ = ("_interval", "_request", "_task", "_timer", "response")
+    __slots__ = ("_clock", "_key", "_request", "_task", "response")
 
-    def __init__(self, request: Request, interval: float) -> None:
+    def __init__(self, request: Request, clock: KeepAliveClock) -> None:
         self._request = request
-        self._interval = interval
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(interval, self._start) if interval > 0 else None
+        self._key = clock.arm(self._start) if clock.interval > 0 else None
         self.response: StreamResponse | None = None  # prepared once the first comment is due
 
     def _start(self) -> None:
-        self._timer = None
+        self._key = None
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:
@@ -62,13 +105,13 @@ class KeepAlive:
         await resp.prepare(self._request)  # no await inside suspends: never cut halfway
         while True:
             await resp.write(b": keep-alive\n\n")
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._clock.interval)
 
     async def stop(self) -> None:
         """The first chunk is here (or the stream failed): no more comments."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._key is not None:
+            self._clock.disarm(self._key)
+            self._key = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()  # it waits in sleep() or drain(): what it wrote is whole
