@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
 import orjson
 
 from modelgate.backends.base import BackendContext
 from modelgate.backends.http import upstream_client
+from modelgate.backends.http_client import HTTPClientError, encode_headers
 from modelgate.backends.registry import backend_factory
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelGateError
@@ -145,18 +145,25 @@ async def _gateway_lifecycle(config: Config) -> dict[str, str]:
         return {}
     key = _admin_key(config)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    url = f"http://{config.server.host}:{config.server.port}/admin/endpoints"
-    timeout = aiohttp.ClientTimeout(total=config.health.timeout_s)
+    base = f"http://{config.server.host}:{config.server.port}"
+    timeout = config.health.timeout_s
+    http = upstream_client()
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, trust_env=False) as http,
-            http.get(url, headers=headers, allow_redirects=False) as resp,
-        ):
-            if resp.status != 200:
-                return {}
-            data = orjson.loads(await resp.read())
-    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
+        async with asyncio.timeout(timeout):
+            resp = await http.origin(base).request(
+                "GET", "/admin/endpoints", None, encode_headers(headers), timeout
+            )
+            try:
+                raw = await resp.read(1 << 24)
+            finally:
+                resp.close()
+        if resp.status != 200:
+            return {}
+        data = orjson.loads(raw)
+    except (HTTPClientError, OSError, TimeoutError, ValueError):  # (orjson's JSONDecodeError is one)
         return {}
+    finally:
+        await http.close()
     out = {}
     for model in data.get("models", []):
         for ep in model.get("endpoints", []):

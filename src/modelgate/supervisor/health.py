@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
-import aiohttp
+from modelgate.backends.http_client import HTTPClientError, UpstreamClient
+
+_MAX_BODY = 65536  # a health answer larger than this is not read
 
 
 class HealthProbe(Protocol):
@@ -14,16 +17,18 @@ class HealthProbe(Protocol):
 class HttpHealthProbe:
     """2xx from ``<url>/health`` within ``timeout_s`` is healthy; anything else is not."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout_s: float):
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+    def __init__(self, client: UpstreamClient, timeout_s: float):
+        self._client = client
+        self._timeout_s = timeout_s
 
     async def __call__(self, url: str) -> bool:
         try:
-            async with self._session.get(
-                f"{url}/health", timeout=self._timeout, allow_redirects=False
-            ) as resp:
-                await resp.read()
+            async with asyncio.timeout(self._timeout_s):
+                resp = await self._client.origin(url).request("GET", "/health", None, b"", self._timeout_s)
+                try:
+                    await resp.read(_MAX_BODY)
+                finally:
+                    resp.close()
                 return 200 <= resp.status < 300
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except (TimeoutError, HTTPClientError, OSError, ValueError):
             return False

@@ -25,8 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import aiohttp
-
+from modelgate.backends.http_client import UpstreamClient
 from modelgate.config import Config, EndpointConfig, LaunchSpec, ModelConfig
 from modelgate.errors import ModelGateError
 from modelgate.supervisor.containers import ContainerRunner, ReapResult, reap_containers
@@ -84,7 +83,7 @@ class Supervisor:
             self._endpoints[ep.url] = self._endpoint(model, ep, spec)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._http: UpstreamClient | None = None
         self._opened_volumes: list[str] = []
         self._volume_paths: dict[str, str] = {}
         self.reaped: dict[str, list[str]] = {
@@ -135,9 +134,9 @@ class Supervisor:
     async def _probe_or_http(self, url: str) -> bool:
         if self._probe is not None:
             return await self._probe(url)
-        if self._session is None:
+        if self._http is None:
             return False
-        return await HttpHealthProbe(self._session, self._sc.health_timeout_s)(url)
+        return await HttpHealthProbe(self._http, self._sc.health_timeout_s)(url)
 
     # -- public ---------------------------------------------------------------------
 
@@ -152,7 +151,7 @@ class Supervisor:
         """Reap what a previous run left, then launch every supervised endpoint."""
         if not self._endpoints:
             return
-        self._session = aiohttp.ClientSession()
+        self._http = UpstreamClient()
         await self.reap(initial=True)
         for url, ep in self._endpoints.items():
             if not await self._attach_volume(ep):
@@ -189,9 +188,9 @@ class Supervisor:
                 await reap_containers(self._api, instance=self.instance, run_id="", keep=())
             await self._api.close()
         await self._close_volumes()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def reap(self, *, initial: bool = False) -> ReapResult:
         """Stop orphans of earlier runs; remove our exited/dead containers (never unlabelled ones)."""
