@@ -14,12 +14,12 @@ deadline of one kind in a pool (first token, idle, the total of awaited calls).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
 from modelgate.config import TimeoutsConfig
 from modelgate.errors import UpstreamTimeout
+from modelgate.timers import FixedDelay
 from modelgate.types import Chunk
 
 
@@ -68,60 +68,32 @@ class StreamClock:
         return UpstreamTimeout(f"{self._where}: no answer within the {phase} timeout")
 
 
-class Deadlines:
-    """The total-time deadlines of one pool's awaited calls, with one loop timer for all.
-
-    Every call of a pool gets the same budget (``total_s``), so deadlines fall due in
-    the order they were armed: they wait in an insertion-ordered dict and a single
-    timer waits for the oldest one still there.  Arming and disarming are a dict write
-    each; ``asyncio.timeout`` costs a loop timer and a context manager per call (about
-    5 µs under uvloop, 2% of a gateway request).  On expiry the call's task is
-    cancelled, as ``asyncio.timeout`` does, and ``disarm`` tells the caller so.
-    """
+class Deadlines(FixedDelay[tuple[asyncio.Task[Any], int]]):
+    """The deadlines of one kind in one pool (every call's total, every stream's first
+    token, every stream's idle gap), on one loop timer (``timers.FixedDelay``).  On
+    expiry the call's task is cancelled, as ``asyncio.timeout`` does, and ``disarm``
+    tells the caller so."""
 
     def __init__(self, budget_s: float) -> None:
+        super().__init__(budget_s)
         self.budget_s = budget_s
-        self._due: dict[int, tuple[float, asyncio.Task[Any], int]] = {}
         self._expired: dict[int, tuple[asyncio.Task[Any], int]] = {}
-        self._keys = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
 
     def arm(self) -> int:
         """Start the current task's deadline; the key goes to ``disarm`` in a ``finally``."""
         task = asyncio.current_task()
         assert task is not None, "Deadlines.arm() outside a task"
-        loop = task.get_loop()  # (get_running_loop would cost another getpid())
-        key = next(self._keys)
-        when = loop.time() + self.budget_s
-        self._due[key] = (when, task, task.cancelling())
-        if self._timer is None:
-            self._timer = loop.call_at(when, self._fire)
-        return key
+        # (task.get_loop(): get_running_loop would cost another getpid())
+        return self._arm((task, task.cancelling()), task.get_loop())
 
     def disarm(self, key: int) -> bool:
         """Forget ``key``.  True when its deadline passed first and the cancellation was
         ours alone (it is withdrawn here: the caller raises its timeout error instead)."""
-        if self._due.pop(key, None) is not None:
+        if self._disarm(key):
             return False
         task, cancelling = self._expired.pop(key)
         return task.uncancel() <= cancelling
 
-    def _fire(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due = self._due
-        while due:
-            key = next(iter(due))
-            when, task, cancelling = due[key]
-            if when > now:
-                self._timer = loop.call_at(when, self._fire)
-                return
-            del due[key]
-            self._expired[key] = (task, cancelling)
-            task.cancel()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _expire(self, key: int, value: tuple[asyncio.Task[Any], int]) -> None:
+        self._expired[key] = value
+        value[0].cancel()

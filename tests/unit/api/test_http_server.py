@@ -147,6 +147,22 @@ async def assert_open(reader: asyncio.StreamReader, wait: float = 0.2) -> None:
         await asyncio.wait_for(reader.read(1), wait)
 
 
+def hanging_handler() -> tuple[asyncio.Event, asyncio.Event, Callable[[Request], Awaitable[Response]]]:
+    """A handler that waits (30 s) until cancelled: (started, cancelled, handler)."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response(b"{}")
+
+    return started, cancelled, handler
+
+
 async def assert_internal_error_then_closed(reader: asyncio.StreamReader) -> None:
     """A handler's own failure: a plain 500 in OpenAI's shape, nothing of its answer, then close."""
     reply = await read_reply(reader)
@@ -762,17 +778,7 @@ async def test_stream_write_outside_prepare_and_eof_raises() -> None:
 
 
 async def test_client_going_away_cancels_its_handler(serve: Serve) -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(b"{}")
-
+    started, cancelled, handler = hanging_handler()
     live = await serve(handler)
     _, writer = await live.connect()
     writer.write(raw("POST", "/", body=b"{}"))
@@ -907,17 +913,7 @@ async def test_shutdown_lets_a_running_request_finish_and_closes_idle_ones(serve
 
 
 async def test_shutdown_cancels_a_handler_that_outlives_the_drain(serve: Serve) -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(b"{}")
-
+    started, cancelled, handler = hanging_handler()
     live = await serve(handler)
     reader, writer = await live.connect()
     writer.write(raw("GET", "/"))

@@ -63,7 +63,7 @@ async def test_a_foreign_cancel_at_the_deadline_still_wins() -> None:
     assert deadlines._timer is not None
     deadlines._timer.cancel()
     deadlines._timer = None
-    deadlines._due = {k: (0.0, t, c) for k, (_, t, c) in deadlines._due.items()}  # due now
+    deadlines._due = {k: (0.0, v) for k, (_, v) in deadlines._due.items()}  # due now
     deadlines._fire()  # the deadline passes...
     task.cancel()  # ...and the client goes away in the same loop turn
     with pytest.raises(asyncio.CancelledError):
