@@ -147,6 +147,28 @@ async def assert_open(reader: asyncio.StreamReader, wait: float = 0.2) -> None:
         await asyncio.wait_for(reader.read(1), wait)
 
 
+def echo_noting_too_large() -> tuple[list[bool], Callable[[Request], Awaitable[Response]]]:
+    """``echo``, noting whether each request was over the limit: (flags, handler)."""
+    ran: list[bool] = []
+
+    async def handler(request: Request) -> Response:
+        ran.append(request.too_large)
+        return await echo(request)
+
+    return ran, handler
+
+
+def recording_handler() -> tuple[list[Request], Callable[[Request], Awaitable[Response]]]:
+    """A handler that answers ``{}`` and keeps every request it saw: (requests, handler)."""
+    calls: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        calls.append(request)
+        return Response(b"{}")
+
+    return calls, handler
+
+
 def hanging_handler() -> tuple[asyncio.Event, asyncio.Event, Callable[[Request], Awaitable[Response]]]:
     """A handler that waits (30 s) until cancelled: (started, cancelled, handler)."""
     started, cancelled = asyncio.Event(), asyncio.Event()
@@ -373,12 +395,7 @@ async def test_http10_keep_alive_is_honoured(serve: Serve) -> None:
     ],
 )
 async def test_malformed_request_is_a_400_then_the_connection_closes(serve: Serve, data: bytes) -> None:
-    calls: list[Request] = []
-
-    async def handler(request: Request) -> Response:
-        calls.append(request)
-        return Response(b"{}")
-
+    calls, handler = recording_handler()
     live = await serve(handler)
     reader, writer = await live.connect()
     writer.write(data)
@@ -441,12 +458,7 @@ async def test_a_whole_request_head_over_max_head_in_one_write_is_a_431(serve: S
 @pytest.mark.parametrize("where", ["header", "target"])
 async def test_a_whole_request_head_over_max_head_in_one_write_is_refused(serve: Serve, where: str) -> None:
     """Such a head never reaches the handler."""
-    calls: list[Request] = []
-
-    async def handler(request: Request) -> Response:
-        calls.append(request)
-        return Response(b"{}")
-
+    calls, handler = recording_handler()
     live = await serve(handler)
     data = oversized_head(where)
     reader, writer = await live.connect()
@@ -464,12 +476,7 @@ async def test_a_whole_request_head_over_max_head_in_one_write_is_refused(serve:
 async def test_content_length_over_the_limit_is_a_413_before_the_body_is_sent(
     serve: Serve, short_linger: float
 ) -> None:
-    ran: list[bool] = []
-
-    async def handler(request: Request) -> Response:
-        ran.append(request.too_large)
-        return await echo(request)
-
+    ran, handler = echo_noting_too_large()
     live = await serve(handler)
     reader, writer = await live.connect()
     writer.write(raw("POST", "/", headers={"Content-Length": str(MAX_BODY * 4)}) + b"x" * 100)
@@ -520,12 +527,7 @@ async def test_chunked_body_is_joined(serve: Serve) -> None:
 
 
 async def test_chunked_body_crossing_the_limit_is_a_413(serve: Serve) -> None:
-    ran: list[bool] = []
-
-    async def handler(request: Request) -> Response:
-        ran.append(request.too_large)
-        return await echo(request)
-
+    ran, handler = echo_noting_too_large()
     live = await serve(handler)
     reader, writer = await live.connect()
     writer.write(raw("POST", "/", headers={"Transfer-Encoding": "chunked"}) + chunk(b"a" * MAX_BODY))
