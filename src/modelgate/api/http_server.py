@@ -83,7 +83,7 @@ class HTTPConnection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self._server = server
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # (connection_made)
         self.remote = "?"
         self.task: asyncio.Task[None] | None = None
         self.closing = False
@@ -198,7 +198,7 @@ class HTTPConnection(asyncio.Protocol):
         elif headers.get("expect", "").lower() == "100-continue" and request.http11 and self.task is None:
             # not behind a pipelined request still being answered (it would come first):
             # the client then sends its body after a wait of its own (RFC 9110 15.2.1)
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     @staticmethod
     def _origin_form(url: str) -> str:
@@ -249,7 +249,7 @@ class HTTPConnection(asyncio.Protocol):
         self._pending.append(request)
         if len(self._pending) >= MAX_PIPELINED and not self._paused_reading:
             self._paused_reading = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()
 
     async def _serve(self, request: Request) -> None:
         server = self._server
@@ -258,11 +258,13 @@ class HTTPConnection(asyncio.Protocol):
             while True:
                 response = None
                 response = await server.handler(request)
-                if not response.prepared:
+                if isinstance(response, Response):
                     line = self.connection_line(request)
-                    self.write(response.encode(server.date(), line, request.method == "HEAD"))  # type: ignore[union-attr]
-                elif not response.finished:  # type: ignore[union-attr]
-                    await response.write_eof()  # type: ignore[union-attr]
+                    self.write(response.encode(server.date(), line, request.method == "HEAD"))
+                elif not response.prepared:
+                    raise RuntimeError("a handler returned a stream response it had not prepared")
+                elif not response.finished:
+                    await response.write_eof()
                 if not self.keep_alive(request):
                     self._end()
                     return
@@ -271,7 +273,7 @@ class HTTPConnection(asyncio.Protocol):
                 request = self._pending.popleft()
                 if self._paused_reading and not self._last and len(self._pending) < MAX_PIPELINED // 2:
                     self._paused_reading = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                    self.transport.resume_reading()
         except (asyncio.CancelledError, ConnectionError):
             self.close()  # the client went away, or the server is stopping
         except Exception:
@@ -309,7 +311,7 @@ class HTTPConnection(asyncio.Protocol):
         """Nothing more is read: what is parsed is answered, then the connection ends."""
         self._last = True
         if not self.closing:
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()
             if self.task is None:
                 self.close()
 
@@ -335,7 +337,7 @@ class HTTPConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closing:
             raise ConnectionResetError("the client has gone away")
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)
 
     async def drain(self) -> None:
         if self.closing:
@@ -353,7 +355,7 @@ class HTTPConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closing:
             self.closing = True
-            if self.transport is not None:
+            if self.transport is not None:  # (None before connection_made)
                 self.transport.close()
 
     def abort(self) -> None:
