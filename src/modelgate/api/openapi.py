@@ -26,12 +26,13 @@ ERROR_SCHEMA = {
     },
 }
 _ERRORS = {
-    "400": "Invalid request (the `param` names the field)",
+    "400": "Invalid request (the `param` names the field), or malformed HTTP (`malformed_http`)",
     "401": "Missing or wrong API key",
     "403": "The key may not use this route",
     "404": "Unknown model or route (or outside the key's scope)",
     "413": "Request body too large",
-    "415": "Content-Type is not application/json",
+    "415": "Content-Type is not application/json, or a Content-Encoding other than gzip or deflate",
+    "431": "Request line and headers over 64 KiB",
     "429": "Rate limited or every endpoint busy (Retry-After)",
     "500": "Internal error",
     "502": "Bad upstream answer",
@@ -68,7 +69,7 @@ def _post(model: type[BaseModel], name: str, summary: str, stream: bool) -> dict
 
 
 def _get(
-    summary: str, secured: bool = True, codes: tuple[str, ...] = ("401", "403", "500")
+    summary: str, secured: bool = True, codes: tuple[str, ...] = ("401", "403", "431", "500")
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 import pytest
 from tests.integration.api.conftest import ADMIN_KEY, API_KEY, SCOPED_KEY
 from tests.support import openai_spec
@@ -229,6 +232,35 @@ async def test_openapi_document_lists_the_errors_we_return(gateway: str) -> None
     status, doc, _ = await call(gateway, "GET", "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
     chat = doc["paths"]["/v1/chat/completions"]["post"]
-    assert {"400", "401", "403", "404", "413", "415", "429", "502", "503", "504"} <= set(chat["responses"])
+    assert {"400", "401", "403", "404", "413", "415", "429", "431", "502", "503", "504"} <= set(
+        chat["responses"]
+    )
     schema = doc["components"]["schemas"]["CreateChatCompletionRequest"]
     assert {"model", "messages"} <= set(schema["required"])
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed_http"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "malformed_http"),
+        (b"GET /v1/models HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "request_header_too_large"),
+    ],
+    ids=["garbage", "bad-length", "huge-head"],
+)
+async def test_http_the_server_cannot_parse_is_answered_in_openai_shape(
+    gateway: str, data: bytes, status: int, code: str
+) -> None:
+    url = urlsplit(gateway)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(data)
+        answer = await asyncio.wait_for(reader.read(), 5)  # to the close
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"connection: close" in head.lower()
+    error = orjson.loads(body)["error"]
+    assert_openai_error({"error": error})
+    assert error["code"] == code
