@@ -10,7 +10,9 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from modelgate.api.app import build_app
 from modelgate.api.auth import KeyStore
@@ -88,15 +90,19 @@ def reload_keys(state: State) -> None:
     log.info("keys reloaded", extra={"keys": state.keys.count})
 
 
-def _run_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
-    setup_logging(config.server.log_level)
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on uvloop when it is installed (the gateway and the worker)."""
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:
-        pass
-    asyncio.run(run_server(config, host, port, reuse_port=reuse_port))
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def _run_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
+    setup_logging(config.server.log_level)
+    run_loop(run_server(config, host, port, reuse_port=reuse_port))
 
 
 def serve(

@@ -74,7 +74,9 @@ def run_worker(args: argparse.Namespace) -> int:
     config = worker_config(args)
     local = load_worker_model(config)
     try:
-        asyncio.run(_serve(config, local))
+        from modelgate.api.server import run_loop
+
+        run_loop(_serve(config, local))
     finally:
         local.close()
     return 0
