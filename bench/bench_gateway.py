@@ -1,12 +1,12 @@
 """Gateway overhead: modelgate vs a direct call vs a minimal pass-through proxy, same run.
 
-The pass-through runs twice: on aiohttp's client (the baseline the issue names) and on
-modelgate's own upstream client, so that what modelgate's features cost on its own
-stack shows apart from what its leaner client saves.
+The pass-through runs twice: on aiohttp's server and client (the baseline the issue
+names) and on aiohttp's server with modelgate's own upstream client.
 
 Also in the same run: the feature floor (feature_floor.py), modelgate's per-request
-work done inline in one handler with no layers: how much of modelgate's cost is the
-work a gateway must do, and how much its structure.
+work done inline in one handler with no layers, on modelgate's own server and client
+(the stack modelgate runs on): how much of modelgate's cost is the work a gateway must
+do, and how much its structure.
 
 Upstream: nginx answering from memory (never the bottleneck).  Each proxy is pinned to
 core 1, wrk and nginx to core 0.  modelgate runs as users run it: auth on, metrics on,

@@ -1,7 +1,7 @@
 """The feature floor: every per-request feature modelgate has on in bench_gateway, done
-inline in one aiohttp handler with no layers (no middleware, router, pool, backend or
-renderer), using modelgate's own KeyStore, request conversion, Metrics, AccessLog and
-upstream HTTP client.
+inline in one handler with no layers (no guard, router, pool, backend or renderer), on
+modelgate's own HTTP server and upstream client, using its KeyStore, request
+conversion, Metrics and AccessLog.
 
 It answers "how much of modelgate's cost is the work itself and how much is its
 structure": the pass-through proxy is the ceiling of doing nothing, this is the ceiling
@@ -12,14 +12,16 @@ timeouts, no error mapping.
     feature_floor.py UPSTREAM_BASE PORT API_KEY
 """
 
+import asyncio
 import os
 import sys
 import time
 
 import orjson
-from aiohttp import web
 
 from modelgate.api.auth import KeyStore
+from modelgate.api.http_messages import Request, Response, StreamResponse
+from modelgate.api.http_server import HTTPServer
 from modelgate.backends.http_client import UpstreamClient, encode_headers
 from modelgate.config import build_config
 from modelgate.errors import ModelGateError
@@ -40,39 +42,32 @@ MODEL = CONFIG.models[0]
 HEADERS = encode_headers({"Content-Type": "application/json"})
 
 
-async def session_ctx(app: web.Application):
-    app["s"] = UpstreamClient()
-    app["keys"], app["metrics"], app["access"] = KeyStore(CONFIG), Metrics(), AccessLog()
-    yield
-    app["access"].flush()
-    await app["s"].close()
+class Floor:
+    def __init__(self) -> None:
+        self.client = UpstreamClient()
+        self.keys, self.metrics, self.access = KeyStore(CONFIG), Metrics(), AccessLog()
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
+async def chat(request: Request, app: Floor) -> Response | StreamResponse:
     start = time.perf_counter()
-    app = request.app
-    metrics = app["metrics"]
+    metrics = app.metrics
     rid = os.urandom(12).hex()
     try:
-        app["keys"].authenticate(request.headers.get("Authorization"), "?", scope="inference")
-        body = orjson.loads(await request.read())
+        app.keys.authenticate(request.headers.get("authorization"), request.remote, scope="inference")
+        body = orjson.loads(request.read())
         req = convert.chat_request(body, MODEL, CONFIG.limits, rid)
     except ModelGateError as exc:
-        return web.Response(
-            status=exc.status, body=orjson.dumps(exc.to_body()), content_type="application/json"
-        )
+        return Response(orjson.dumps(exc.to_body()), status=exc.status)
     payload = dict(req.body or {})
     payload["model"] = "fast"
     headers = {"x-request-id": rid}
     usage: dict = {}
-    up = (
-        await app["s"]
-        .origin(UPSTREAM)
-        .request("POST", "/v1/chat/completions", orjson.dumps(payload), HEADERS, 2.0)
+    up = await app.client.origin(UPSTREAM).request(
+        "POST", "/v1/chat/completions", orjson.dumps(payload), HEADERS, 2.0
     )
     try:
         if req.stream:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
+            resp = StreamResponse(headers={"content-type": "text/event-stream", **headers})
             await resp.prepare(request)
             tail = b""
             while block := await up.readany():
@@ -82,21 +77,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 datas = [e[6:] for e in buf[:cut].split(b"\n\n") if e != b"data: [DONE]"]
                 for event in orjson.loads(b"[" + b",".join(datas) + b"]"):
                     if "error" in event:
-                        raise web.HTTPBadGateway()
+                        raise RuntimeError("an error event")
                     usage = event.get("usage") or usage
                 await resp.write(buf[: cut + 2].replace(b'"model": "fast"', b'"model": "fast-stream"'))
             await resp.write_eof()
         else:
             answer = orjson.loads(await up.read(1 << 26))
             if not all(c.get("finish_reason") for c in answer["choices"]):
-                raise web.HTTPBadGateway()
+                return Response(b'{"error": "bad upstream answer"}', status=502)
             answer["id"], answer["model"], answer["created"] = (
                 "chatcmpl-" + rid,
                 body["model"],
                 int(time.time()),
             )
             usage = answer.get("usage") or {}
-            resp = web.Response(body=orjson.dumps(answer), content_type="application/json", headers=headers)
+            resp = Response(orjson.dumps(answer), headers=headers)
     finally:
         up.close()
     metrics.child(metrics.tokens, "fast", "prompt").inc(usage.get("prompt_tokens", 0))
@@ -104,7 +99,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     elapsed = time.perf_counter() - start
     metrics.child(metrics.requests, "fast", "chat", "200").inc()
     metrics.child(metrics.latency, "fast", "chat").observe(elapsed)
-    app["access"].write(
+    app.access.write(
         {
             "request_id": rid,
             "method": request.method,
@@ -119,13 +114,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-app = web.Application()
-app.cleanup_ctx.append(session_ctx)
-app.router.add_post("/v1/chat/completions", chat)
-try:
-    import uvloop
+async def main() -> None:
+    floor = Floor()
+    server = HTTPServer(lambda request: chat(request, floor), max_body=CONFIG.server.max_body_bytes)
+    await server.listen("127.0.0.1", PORT)
+    await asyncio.Event().wait()  # until the benchmark stops it
 
-    uvloop.install()
+
+try:
+    from uvloop import run
 except ImportError:
-    pass
-web.run_app(app, host="127.0.0.1", port=PORT, access_log=None, print=None)
+    from asyncio import run
+run(main())
