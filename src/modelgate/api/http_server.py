@@ -8,13 +8,17 @@ What a connection does:
 - keep-alive, and pipelined requests answered in order (reading pauses while more
   than ``MAX_PIPELINED`` wait);
 - a request head over ``MAX_HEAD`` bytes is a 431, anything llhttp refuses a 400,
-  both OpenAI-shaped, and the connection closes;
+  both OpenAI-shaped, and the connection closes; requests parsed before such bytes
+  (or before an ``Upgrade``, which is not followed) are answered first;
 - ``Expect: 100-continue`` is answered before the body is sent, unless the declared
-  length is already over the limit; a body over the limit is not kept, the handler
-  runs at once (it answers 413), and what is left of the body is read and dropped
-  for up to ``LINGER_S`` so that the client sees the answer, not a reset;
-- the handler is cancelled when its client goes away (that is how a gone client
-  cancels an upstream request);
+  length is already over the limit or earlier answers are still owed; a body over
+  the limit is not kept, the handler runs at once (it answers 413), and what is left
+  of the body is read and dropped for up to ``LINGER_S`` so that the client sees the
+  answer, not a reset;
+- the handler is cancelled when its client goes away, a FIN included (that is how a
+  gone client cancels an upstream request); a client that reads nothing for
+  ``keepalive_s`` while an answer waits on it is cut off;
+- a handler's own failure is a plain 500, then the connection closes;
 - a connection idle for ``keepalive_s`` (no request running, the next not
   complete) is closed;
 - ``shutdown`` stops listening, closes idle connections, lets running requests
@@ -44,9 +48,7 @@ MAX_HEAD = 65536  # request line and headers of one request
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
 LINGER_S = 5.0  # how long the rest of a refused body is read and dropped
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
-INTERNAL_ERROR = Response(
-    orjson.dumps(InternalError("The server had an error while answering.").to_body()), status=500
-)
+INTERNAL_ERROR = orjson.dumps(InternalError("The server had an error while answering.").to_body())
 
 
 class _HeadTooLarge(Exception):
@@ -279,7 +281,8 @@ class HTTPConnection(asyncio.Protocol):
         except Exception:
             log.exception("could not answer a request")
             if not self.closing and (response is None or not response.prepared):
-                self.write(INTERNAL_ERROR.encode(server.date(), b"connection: close\r\n"))
+                failed = Response(INTERNAL_ERROR, status=500)
+                self.write(failed.encode(server.date(), b"connection: close\r\n"))
             self.close()
         finally:
             self.task = None
