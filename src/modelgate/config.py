@@ -33,6 +33,10 @@ class ServerConfig(_Frozen):
     workers: int = Field(1, ge=1, le=256)
     max_body_bytes: int = Field(2_000_000, ge=1024)
     drain_timeout_s: float = Field(30.0, ge=0)
+    # an idle client connection is closed after this long; keep it above the idle
+    # timeout of a load balancer in front (AWS ALB 60 s, GCP 600 s), or the balancer
+    # may reuse a connection just as it is closed here and answer its client 502
+    keepalive_s: float = Field(75.0, ge=1)
     # a stream whose first token is slow: after this long, the 200 goes out and an SSE
     # comment every this long keeps proxies' idle timeouts away (0: never)
     sse_keepalive_s: float = Field(15.0, ge=0)

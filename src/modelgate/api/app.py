@@ -108,7 +108,7 @@ class App:
         in-flight requests (up to ``drain_s``, the config's by default), then stop."""
         server = self.state.config.server
         async with self.lifespan():
-            http = HTTPServer(self.handle, max_body=server.max_body_bytes)
+            http = HTTPServer(self.handle, max_body=server.max_body_bytes, keepalive_s=server.keepalive_s)
             try:
                 yield await http.listen(host, port, reuse_port=reuse_port)
             finally:
