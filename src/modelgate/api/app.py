@@ -98,6 +98,7 @@ class App:
             if services.storage is not None:
                 await services.storage.close_all()
             await http.close()
+            state.keepalive.close()
             state.access.flush()
 
     @asynccontextmanager

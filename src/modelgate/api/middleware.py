@@ -61,11 +61,17 @@ class State:
     config: Config
     keys: KeyStore
     metrics: Metrics
+    keepalive: KeepAliveClock  # when streams' first SSE keep-alive comments are due
     access: AccessLog = field(default_factory=AccessLog)
-    keepalive: KeepAliveClock = field(default_factory=lambda: KeepAliveClock(0.0))
     router: Router | None = None
     draining: bool = False
     started: float = field(default_factory=time.time)
+
+
+def state_of(request: Request) -> State:
+    """The app's shared state, typed (``Request.app`` is the App, untyped there)."""
+    state: State = request.app.state
+    return state
 
 
 def _scope(path: str) -> Scope:
@@ -91,7 +97,7 @@ def guarded(handler: Handler) -> Handler:
 
 
 async def _guard(request: Request, *, handler: Handler) -> Response | StreamResponse:
-    state: State = request.app.state
+    state = state_of(request)
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
     rid = incoming if incoming and _RID.match(incoming) else os.urandom(12).hex()

@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 
 from modelgate.api.http_messages import Request, Response, StreamResponse
-from modelgate.api.middleware import RequestInfo, Routes, State
+from modelgate.api.middleware import RequestInfo, Routes, State, state_of
 from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
 from modelgate.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedMediaType
 from modelgate.router.router import Router
@@ -18,11 +18,6 @@ from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import convert, render
 
 _JSON_TYPES = frozenset({"application/json", ""})
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state
-    return state
 
 
 def read_json(request: Request) -> Any:
@@ -157,7 +152,7 @@ completions = functools.partial(_generate, kind="completion")
 
 
 async def embeddings(request: Request) -> Response | StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     router = _router(state)
     request.info.route = "embeddings"
     body = read_json(request)
@@ -177,7 +172,7 @@ async def embeddings(request: Request) -> Response | StreamResponse:
 
 
 async def list_models(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     principal = request.info.principal
     created = int(state.started)
     rows = []
@@ -190,7 +185,7 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     name = request.match_info["model"]
     assert state.router is not None
     model = state.router.resolve(name)

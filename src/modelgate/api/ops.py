@@ -7,12 +7,7 @@ from typing import Any
 import orjson
 
 from modelgate.api.http_messages import Request, Response
-from modelgate.api.middleware import Routes, State
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state
-    return state
+from modelgate.api.middleware import Routes, state_of
 
 
 def _services(request: Request) -> Any:
@@ -30,7 +25,7 @@ def _storage_status(request: Request) -> dict[str, Any]:
 
 def model_readiness(request: Request) -> dict[str, str | None]:
     """model id -> None when usable, else why not (router state and storage state)."""
-    state = _state(request)
+    state = state_of(request)
     out: dict[str, str | None]
     if state.router is not None:
         out = state.router.readiness()
@@ -47,7 +42,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     if state.draining:
         return _json({"status": "draining", "models": {}}, status=503)
     models = model_readiness(request)
@@ -57,7 +52,7 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     supervisor = getattr(_services(request), "supervisor", None)
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
@@ -66,7 +61,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def admin_endpoints(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     storage = _storage_status(request)
     readiness = model_readiness(request)
     snap = {m["id"]: m for m in (state.router.snapshot() if state.router is not None else [])}
@@ -82,7 +77,7 @@ async def admin_endpoints(request: Request) -> Response:
 
 
 async def admin_keys(request: Request) -> Response:
-    return _json({"keys": _state(request).keys.describe()})
+    return _json({"keys": state_of(request).keys.describe()})
 
 
 async def openapi(request: Request) -> Response:
