@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from test_supervisor_support import free_port, pid_alive, worker_command  # noqa: E402
 
 from modelgate.backends.base import BackendContext  # noqa: E402
-from modelgate.backends.http_client import UpstreamClient  # noqa: E402
 from modelgate.config import Config, build_config  # noqa: E402
+from modelgate.http.client import UpstreamClient  # noqa: E402
 from modelgate.router.router import Router  # noqa: E402
 from modelgate.supervisor.supervisor import Supervisor  # noqa: E402
 from modelgate.types import GenerationRequest, SamplingParams  # noqa: E402

@@ -20,11 +20,11 @@ import time
 import orjson
 
 from modelgate.api.auth import KeyStore
-from modelgate.api.http_messages import Request, Response, StreamResponse
-from modelgate.api.http_server import HTTPServer
-from modelgate.backends.http_client import UpstreamClient, encode_headers
 from modelgate.config import build_config
 from modelgate.errors import ModelGateError
+from modelgate.http.client import UpstreamClient, encode_headers
+from modelgate.http.messages import Request, Response, StreamResponse
+from modelgate.http.server import HTTPServer
 from modelgate.logs import AccessLog
 from modelgate.metrics import Metrics
 from modelgate.wire import convert

@@ -16,7 +16,7 @@ import aiohttp
 import httptools
 from aiohttp import web
 
-from modelgate.backends.http_client import UpstreamClient, encode_headers
+from modelgate.http.client import UpstreamClient, encode_headers
 
 UPSTREAM = sys.argv[1]
 PORT = int(sys.argv[2])

@@ -1,5 +1,9 @@
-"""Import rules that keep DESIGN.md's layers: api -> router -> backends -> engine.
+"""Import rules that keep DESIGN.md's layers: api -> router -> backends -> engine,
+with http/ (HTTP/1.1 server and client) under api, backends and supervisor.
 
+- http/ imports nothing of modelgate beyond errors, timers and itself;
+- api/ imports neither engine/ nor the composition root (gateway.py, serve.py);
+- supervisor/ never imports backends/ (its probes go over http/);
 - wire/ imports neither torch/transformers nor aiohttp (schemas stay pure);
 - router/ never imports api/; backends/ never import api/ or router/;
 - only engine/ (and the local backend / worker) import torch or transformers;
@@ -16,14 +20,46 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "modelgate"
 HEAVY = ("torch", "transformers", "safetensors.torch")
 
+_ABOVE_HTTP = tuple(
+    f"modelgate.{m}"
+    for m in (
+        "api",
+        "router",
+        "backends",
+        "engine",
+        "worker",
+        "storage",
+        "supervisor",
+        "wire",
+        "config",
+        "gateway",
+        "serve",
+        "services",
+        "check",
+        "cli",
+        "metrics",
+        "logs",
+        "types",
+    )
+)
+
 RULES: dict[str, tuple[str, ...]] = {
+    # http/ is HTTP/1.1 itself: nothing of modelgate above errors and timers
+    "http": ("aiohttp", *_ABOVE_HTTP, *HEAVY),
     "wire": ("aiohttp", "modelgate.api", "modelgate.router", "modelgate.backends", *HEAVY),
     "router": ("modelgate.api", *HEAVY),
     "backends": ("modelgate.api", "modelgate.router"),
     "storage": ("modelgate.api", "modelgate.router", "modelgate.supervisor"),
-    "supervisor": ("modelgate.api", "modelgate.router"),
-    "api": HEAVY,
+    # the supervisor probes over http/, never through a backend
+    "supervisor": ("modelgate.api", "modelgate.router", "modelgate.backends"),
+    # api/ is the OpenAI API: the wiring lives in gateway.py, the engine below the backends
+    "api": ("modelgate.engine", "modelgate.gateway", "modelgate.serve", *HEAVY),
     "engine": ("modelgate.api", "modelgate.router", "aiohttp"),
+}
+# top-level modules held to the same kind of rule
+MODULE_RULES: dict[str, tuple[str, ...]] = {
+    "check.py": ("modelgate.api", "modelgate.supervisor"),
+    "services.py": ("modelgate.api", "modelgate.router", "modelgate.backends"),
 }
 # files allowed to touch torch outside engine/
 TORCH_OK = {"backends/local.py", "worker"}
@@ -45,7 +81,7 @@ def main() -> int:
     for path in sorted(SRC.rglob("*.py")):
         rel = path.relative_to(SRC).as_posix()
         layer = rel.split("/")[0]
-        forbidden = RULES.get(layer, ())
+        forbidden = RULES.get(layer, ()) if "/" in rel else MODULE_RULES.get(rel, ())
         if rel in TORCH_OK or layer in TORCH_OK:
             forbidden = tuple(f for f in forbidden if f not in HEAVY)
         for name in imports(path):

@@ -15,11 +15,10 @@ from typing import Any, TextIO
 import orjson
 
 from modelgate.backends.base import BackendContext
-from modelgate.backends.http import upstream_client
-from modelgate.backends.http_client import HTTPClientError, encode_headers
 from modelgate.backends.registry import backend_factory
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelGateError
+from modelgate.http.client import HTTPClientError, UpstreamClient, encode_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +64,12 @@ async def _storage(config: Config) -> dict[str, dict[str, Any]]:
 
 async def _probe_all(config: Config) -> list[Row]:
     rows: list[Row] = []
-    async with upstream_client() as http:
+    async with UpstreamClient() as http:
         ctx = BackendContext(config=config, http=http)
         storage = await _storage(config)
         jobs = []
         for model in config.models:
-            if model.backend == "local":
+            if model.in_process:
                 rows.append(_local_row(model, storage.get(model.id)))
                 continue
             st = storage.get(model.id)
@@ -147,7 +146,7 @@ async def _gateway_lifecycle(config: Config) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     base = f"http://{config.server.host}:{config.server.port}"
     timeout = config.health.timeout_s
-    http = upstream_client()
+    http = UpstreamClient()
     try:
         async with asyncio.timeout(timeout):
             resp = await http.origin(base).request(

@@ -75,10 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "serve":
-        from modelgate.api.server import serve
         from modelgate.config import load_config
+        from modelgate.engine.defaults import with_embedded_default
+        from modelgate.logs import setup_logging
+        from modelgate.serve import serve
 
-        return serve(load_config(args.config), host=args.host, port=args.port, workers=args.workers)
+        config = load_config(args.config)
+        setup_logging(config.server.log_level)  # building the demo model logs
+        config = with_embedded_default(config)
+        return serve(config, host=args.host, port=args.port, workers=args.workers)
     if cmd == "worker":
         from modelgate.worker.server import run_worker
 

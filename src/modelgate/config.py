@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelgate.backends.registry import backend_spec
 from modelgate.errors import ConfigError
+from modelgate.http.addresses import ip_of, is_link_local
 
 ENV_PREFIX = "MODELGATE_"
 
@@ -171,28 +172,6 @@ class SupervisorConfig(_Frozen):
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog"})
 
 
-def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host names literally, in any notation a resolver accepts
-    (``169.254.169.254``, ``2852039166``, ``0xa9.0xfe.0xa9.0xfe``, ``::ffff:a9fe:a9fe``);
-    None for a name."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        try:  # the legacy IPv4 forms that inet_aton (and so getaddrinfo) accepts
-            ip = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def is_link_local(host: str) -> bool:
-    """Link-local (169.254.0.0/16, fe80::/10: cloud metadata services live there)."""
-    ip = ip_of(host)
-    return ip is not None and ip.is_link_local
-
-
 class EndpointConfig(_Frozen):
     url: str
     api_key_env: str | None = None
@@ -262,14 +241,19 @@ class ModelConfig(_Frozen):
             return v
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    @property
+    def in_process(self) -> bool:
+        """Served by an engine in this process (the backend registry says which)."""
+        return backend_spec(self.backend).in_process
+
     @model_validator(mode="after")
     def _by_backend(self) -> ModelConfig:
-        if self.backend == "local":
+        if self.in_process:
             if not self.path:
-                raise ValueError("a local model needs 'path'")
+                raise ValueError(f"a {self.backend} model needs 'path'")
             if self.endpoints:
                 raise ValueError(
-                    "a local model has no 'endpoints' (run `modelgate worker` and use backend tgi)"
+                    f"a {self.backend} model has no 'endpoints' (run `modelgate worker` and use backend tgi)"
                 )
         elif not self.endpoints:
             raise ValueError(f"a {self.backend} model needs at least one entry in 'endpoints'")

@@ -8,7 +8,6 @@ import asyncio
 import io
 import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ import openai
 import pytest
 from tests.support.gateway import make_config, running_gateway
 from tests.support.net import free_port
+from tests.support.worker import worker_argv
 
 from modelgate.check import run_check
 from modelgate.engine.demo_model import write_demo_model
@@ -62,16 +62,7 @@ async def test_killed_worker_is_restarted_and_readmitted(tmp_path: Path) -> None
                         "url": url,
                         "launch": {
                             "kind": "process",
-                            "command": [
-                                sys.executable,
-                                "-m",
-                                "modelgate",
-                                "worker",
-                                "--model",
-                                str(model),
-                                "--port",
-                                str(port),
-                            ],
+                            "command": worker_argv(model, port),
                             "env": {"OMP_NUM_THREADS": "1"},
                             "backoff_base_s": 0.1,
                         },

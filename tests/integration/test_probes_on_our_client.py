@@ -7,9 +7,9 @@ import sys
 from aiohttp import web
 from tests.support.net import free_port
 
-from modelgate.backends.http_client import UpstreamClient
 from modelgate.check import _gateway_lifecycle
 from modelgate.config import build_config
+from modelgate.http.client import UpstreamClient
 from modelgate.supervisor.health import HttpHealthProbe
 
 ADMIN = "mg_admin_probe_0123456789abcdef"

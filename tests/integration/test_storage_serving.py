@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 from tests.support.gateway import running_gateway
 from tests.support.net import free_port as _free_port
+from tests.support.worker import worker_argv
 
-from modelgate.api.app import Services
 from modelgate.config import build_config
 from modelgate.engine import demo_model as demo
+from modelgate.services import Services
 from modelgate.storage import seal_ops
 from modelgate.storage.keys import write_key_file
 from modelgate.storage.manager import StorageManager
@@ -40,8 +41,7 @@ async def test_worker_serves_a_sealed_model(sealed, tmp_path):
     path, key, _ = sealed
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelgate", "worker", "--model", str(path), "--key-file", str(key),
-        "--port", str(port), "--device", "cpu", cwd=tmp_path,
+        *worker_argv(path, port, "--key-file", str(key), "--device", "cpu"), cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -65,8 +65,7 @@ async def test_worker_serves_a_sealed_model(sealed, tmp_path):
 def test_worker_with_wrong_key_exits_and_says_why(sealed, tmp_path):
     path, _, wrong = sealed
     proc = subprocess.run(
-        [sys.executable, "-m", "modelgate", "worker", "--model", str(path), "--key-file", str(wrong),
-         "--port", str(_free_port())],
+        worker_argv(path, _free_port(), "--key-file", str(wrong)),
         capture_output=True, text=True, timeout=90, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode != 0

@@ -10,7 +10,7 @@ import sys
 
 import aiohttp
 import pytest
-from test_worker_tgi import start_worker
+from tests.support.worker import start_worker
 
 from modelgate.engine.demo_model import write_demo_model
 

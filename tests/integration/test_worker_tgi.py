@@ -3,23 +3,16 @@ conform to TGI's OpenAPI spec, ``huggingface_hub.InferenceClient`` unchanged, th
 OpenAI routes, and the gateway talking to the worker over HTTP like to TGI."""
 
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import aiohttp
 import jsonschema
 import pytest
+from tests.support.worker import start_worker, stop_worker
 
 from modelgate.engine.demo_model import write_demo_model
 
-SPEC = Path("/work/shared/specs/tgi-openapi.json")
-if not SPEC.exists():  # CI checkouts keep the spec next to the repository
-    SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "tgi-openapi.json"
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "tgi-openapi.json"
 
 
 def _nullable(node):
@@ -45,42 +38,6 @@ def validate(spec, name, body):
     jsonschema.validate(body, {"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
 
 
-def start_worker(model, *extra):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelgate",
-            "worker",
-            "--model",
-            str(model),
-            "--port",
-            "0",
-            "--model-id",
-            "tiny",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    deadline = time.monotonic() + 90
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving \S+ on (http://\S+)", line)
-        if m:
-            # keep reading its output, or a full pipe would block the worker
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, m.group(1)
-    proc.kill()
-    raise AssertionError("worker did not start:\n" + "".join(lines[-30:]))
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return write_demo_model(tmp_path_factory.mktemp("worker") / "tiny")
@@ -90,11 +47,7 @@ def model_dir(tmp_path_factory):
 def worker(model_dir):
     proc, url = start_worker(model_dir)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_worker(proc)
 
 
 def test_inference_client_text_generation(worker):

@@ -8,8 +8,10 @@ from typing import Any
 
 import aiohttp
 
-from modelgate.api.app import App, Services, build_app
+from modelgate.api.app import App
 from modelgate.config import Config, build_config
+from modelgate.gateway import build_gateway
+from modelgate.services import Services
 
 
 def make_config(raw: dict[str, Any], environ: dict[str, str] | None = None) -> Config:
@@ -28,7 +30,7 @@ async def running_app(app: App, port: int = 0) -> AsyncIterator[str]:
 async def running_gateway(
     config: Config, port: int = 0, services: Services | None = None
 ) -> AsyncIterator[str]:
-    async with running_app(build_app(config, services=services), port) as url:
+    async with running_app(build_gateway(config, services=services), port) as url:
         yield url
 
 

@@ -152,7 +152,7 @@ def test_an_endpoint_at_the_gateways_own_address_is_refused(server: dict, url: s
 
 
 def test_serve_flags_that_move_the_gateway_onto_an_endpoint_are_refused() -> None:
-    from modelgate.api.server import _resolve_bind
+    from modelgate.serve import _resolve_bind
 
     raw = {"auth": {"api_keys": ["mg_k_0123456789abcdefghijklmnop"]}}
     raw["models"] = [{"id": "m", "backend": "openai", "endpoints": [{"url": "http://127.0.0.1:9000/v1"}]}]

@@ -1,62 +1,39 @@
-"""The application: routes behind the one guard, the state handlers share, and the
-lifespan that owns every long-lived object (upstream client, storage, supervisor,
-router).  ``App.serving`` runs it on modelgate's HTTP server."""
+"""The application: routes behind the one guard, the state handlers share, and a
+lifespan around what it runs on (the router, built by ``modelgate.gateway``).
+``App.serving`` runs it on modelgate's HTTP server."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from modelgate.api import openai_routes, ops
 from modelgate.api.auth import KeyStore
-from modelgate.api.http_messages import Request, Response, StreamResponse
-from modelgate.api.http_server import HTTPServer
 from modelgate.api.middleware import Routes, State
 from modelgate.api.streaming import KeepAliveClock
-from modelgate.backends.base import BackendContext
-from modelgate.backends.http import upstream_client
 from modelgate.config import Config
+from modelgate.http.messages import Request, Response, StreamResponse
+from modelgate.http.server import HTTPServer
 from modelgate.metrics import Metrics
 from modelgate.router.router import Router
+from modelgate.services import Services
 
 log = logging.getLogger("modelgate.app")
 
-
-@dataclass
-class Services:
-    """Side services the app owns for its lifetime; each optional."""
-
-    storage: Any = None
-    supervisor: Any = None
-    events: Any = None  # router/supervisor event sink (the app's Metrics)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _needs_storage(config: Config) -> bool:
-    """LUKS volumes, or sealed local models (a key is configured, or the path is sealed)."""
-    from modelgate.storage.sealed import is_sealed
-
-    return any(
-        m.storage is not None
-        or (m.backend == "local" and (m.key_file or m.key_env or m.key_command or is_sealed(m.path or "")))
-        for m in config.models
-    )
-
-
-def _needs_supervisor(config: Config) -> bool:
-    return any(ep.launch is not None for m in config.models for ep in m.endpoints)
+# what the app runs on: given the config and the services, a context that yields the
+# started router and closes everything on the way out (``modelgate.gateway.running``)
+Start = Callable[[Config, Services], AbstractAsyncContextManager[Router]]
 
 
 class App:
     """What a request meets: the route table and the shared state."""
 
-    def __init__(self, state: State, services: Services, routes: Routes) -> None:
+    def __init__(self, state: State, services: Services, routes: Routes, start: Start) -> None:
         self.state = state
         self.services = services
         self.routes = routes
+        self._start = start
 
     def handle(self, request: Request) -> Awaitable[Response | StreamResponse]:
         handler, request.match_info = self.routes.lookup(request.method, request.path)
@@ -66,38 +43,15 @@ class App:
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         state = self.state
-        config = state.config
-        services = self.services
-        if services.events is None:
-            services.events = state.metrics
-        http = upstream_client()
-        router: Router | None = None
         try:
-            if services.storage is None and _needs_storage(config):
-                from modelgate.storage.manager import StorageManager
-
-                services.storage = StorageManager(config)
-                await services.storage.open_all()
-            if services.supervisor is None and _needs_supervisor(config):
-                from modelgate.supervisor.supervisor import Supervisor
-
-                services.supervisor = Supervisor(config, storage=services.storage)
-                await services.supervisor.start()
-            lifecycle = services.supervisor.lifecycle if services.supervisor is not None else None
-            ctx = BackendContext(config=config, http=http, services=services)
-            router = Router(config, ctx, lifecycle=lifecycle)
-            await router.start()
-            state.router = router
-            yield
+            async with self._start(state.config, self.services) as router:
+                state.router = router
+                try:
+                    yield
+                finally:
+                    state.draining = True
         finally:
             state.draining = True
-            if router is not None:
-                await router.close()
-            if services.supervisor is not None:
-                await services.supervisor.stop()
-            if services.storage is not None:
-                await services.storage.close_all()
-            await http.close()
             state.keepalive.close()
             state.access.flush()
 
@@ -120,18 +74,23 @@ class App:
 def build_app(
     config: Config,
     *,
+    start: Start,
     services: Services | None = None,
     extra_routes: Callable[[Routes], None] | None = None,
 ) -> App:
+    metrics = Metrics()
     state = State(
         config=config,
         keys=KeyStore(config),
-        metrics=Metrics(),
+        metrics=metrics,
         keepalive=KeepAliveClock(config.server.sse_keepalive_s),
     )
+    services = services or Services()
+    if services.events is None:
+        services.events = metrics
     routes = Routes()
     openai_routes.register(routes)
     ops.register(routes)
     if extra_routes is not None:
         extra_routes(routes)
-    return App(state, services or Services(), routes)
+    return App(state, services, routes, start)

@@ -22,10 +22,10 @@ from urllib.parse import unquote
 import orjson
 
 from modelgate.api.auth import KeyStore, Principal, Scope
-from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.api.streaming import KeepAliveClock
 from modelgate.config import Config
 from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound
+from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.logs import AccessLog
 from modelgate.metrics import Metrics
 from modelgate.types import Usage

@@ -9,10 +9,10 @@ from typing import Any, cast
 
 import orjson
 
-from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.api.middleware import RequestInfo, Routes, State, state_of
 from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
 from modelgate.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedMediaType
+from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.router.router import Router
 from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import convert, render
@@ -157,7 +157,7 @@ async def embeddings(request: Request) -> Response | StreamResponse:
     request.info.route = "embeddings"
     body = read_json(request)
     model = _model(state, request, body)
-    if model.task != "embedding" and model.backend == "local":
+    if model.task != "embedding" and model.in_process:
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
     req = convert.embedding_request(body, model, state.config.limits, request.info.rid)
     result = await router.embed(req)

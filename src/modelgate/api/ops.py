@@ -6,12 +6,14 @@ from typing import Any
 
 import orjson
 
-from modelgate.api.http_messages import Request, Response
 from modelgate.api.middleware import Routes, state_of
+from modelgate.http.messages import Request, Response
+from modelgate.services import Services
 
 
-def _services(request: Request) -> Any:
-    return request.app.services
+def _services(request: Request) -> Services:
+    services: Services = request.app.services
+    return services
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -19,7 +21,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _storage_status(request: Request) -> dict[str, Any]:
-    storage = getattr(_services(request), "storage", None)
+    storage = _services(request).storage
     return storage.status() if storage is not None else {}
 
 
@@ -53,7 +55,7 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state = state_of(request)
-    supervisor = getattr(_services(request), "supervisor", None)
+    supervisor = _services(request).supervisor
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
     state.metrics.key_limits(state.keys.limited())

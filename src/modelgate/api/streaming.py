@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 import orjson
 
-from modelgate.api.http_messages import Request, StreamResponse
 from modelgate.errors import InternalError, ModelGateError
+from modelgate.http.messages import Request, StreamResponse
 from modelgate.timers import FixedDelay
 from modelgate.types import Chunk, GenerationRequest
 from modelgate.wire.render import ChunkRenderer

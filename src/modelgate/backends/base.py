@@ -9,24 +9,31 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
 
 if TYPE_CHECKING:
-    from modelgate.backends.http_client import UpstreamClient
     from modelgate.config import Config, EndpointConfig, ModelConfig
+    from modelgate.http.client import UpstreamClient
+    from modelgate.services import Services
+
+
+def _no_services() -> Services:
+    from modelgate.services import Services
+
+    return Services()
 
 
 @dataclass(frozen=True, slots=True)
 class BackendContext:
-    """What the app lends every backend: the shared HTTP session and config."""
+    """What the app lends every backend: the config, the shared HTTP client, and the
+    side services (owned by the composition root, ``modelgate.gateway``)."""
 
     config: Config
     http: UpstreamClient | None = None
-    # Owned elsewhere, shared here (e.g. the storage manager for local models).
-    services: Any = None
+    services: Services = field(default_factory=_no_services)
 
 
 class Backend(Protocol):

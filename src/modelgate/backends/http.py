@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 
-from modelgate.backends.http_client import (
+from modelgate.backends.upstream_errors import error_from_status
+from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError
+from modelgate.http.client import (
     BodyTooLarge,
     ConnectFailed,
     ConnectionLost,
@@ -19,8 +21,6 @@ from modelgate.backends.http_client import (
     UpstreamClient,
     encode_headers,
 )
-from modelgate.backends.upstream_errors import error_from_status
-from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError
 
 MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
 _ERROR_BODY = 65536  # how much of an error answer is read to explain it

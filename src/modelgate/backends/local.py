@@ -79,7 +79,7 @@ class LocalBackend:
             self._error = EngineError(f"model {self.model.id!r} failed to load: {exc}")
 
     async def _storage_path(self) -> Path | None:
-        storage = getattr(self._ctx.services, "storage", None)
+        storage = self._ctx.services.storage
         if self.model.storage is None or storage is None:
             return None
         await storage.acquire(self.model.id)
@@ -163,8 +163,8 @@ class LocalBackend:
             detail = self._error.message if self._error else "not loaded"
             return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail)
         stats = self._local.stats()
-        events = getattr(self._ctx.services, "events", None)
-        if events is not None and hasattr(events, "gauge"):  # device memory and KV usage in /metrics
+        events = self._ctx.services.events
+        if events is not None:  # device memory and KV usage in /metrics
             for name, value in stats.items():
                 events.gauge(self.model.id, name, value)
         return ProbeResult(
@@ -181,7 +181,7 @@ class LocalBackend:
         if self._local is not None and not _preloaded(self._ctx, self.model.id):
             local, self._local = self._local, None
             await asyncio.to_thread(local.close)
-        storage = getattr(self._ctx.services, "storage", None)
+        storage = self._ctx.services.storage
         if self._acquired and storage is not None:
             self._acquired = False
             await storage.release(self.model.id)
@@ -192,10 +192,7 @@ class LocalBackend:
 
 def _preloaded(ctx: BackendContext, model_id: str) -> LocalModel | None:
     """A model the owner of the app loaded before (``modelgate worker``)."""
-    extra = getattr(ctx.services, "extra", None) or {}
-    engines = extra.get("local_models") or {}
-    found: LocalModel | None = engines.get(model_id)
-    return found
+    return ctx.services.local_models.get(model_id)
 
 
 async def _merge(streams: list[AsyncIterator[TokenEvent]]) -> AsyncIterator[tuple[int, TokenEvent]]:

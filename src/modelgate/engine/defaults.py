@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from modelgate.config import Config, ModelConfig
+
 DEMO_CHAT_ID = "demo-chat"
 EMBEDDING_ID = "all-minilm-l6-v2"
 
@@ -44,3 +46,12 @@ def default_models(cache_dir: Path) -> list[dict[str, Any]]:
             }
         )
     return models
+
+
+def with_embedded_default(config: Config) -> Config:
+    """No config file and no models: serve the demo chat model (and the embedding model)."""
+    if config.models or config.source != "<embedded default>":
+        return config
+    cache = Path(config.server.cache_dir or ".cache/modelgate")
+    models = tuple(ModelConfig.model_validate(m) for m in default_models(cache))
+    return config.model_copy(update={"models": models})

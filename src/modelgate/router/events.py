@@ -7,7 +7,7 @@ gauges) and hands it to the Router as ``events=`` or as
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class RouterEvents(Protocol):
@@ -46,9 +46,8 @@ class NullEvents:
         pass
 
 
-def resolve_events(explicit: RouterEvents | None, services: Any) -> RouterEvents:
-    """The explicit ``events`` argument, else ``services.events``, else a no-op."""
+def resolve_events(explicit: RouterEvents | None, shared: RouterEvents | None) -> RouterEvents:
+    """The explicit ``events`` argument, else the app's (``Services.events``), else a no-op."""
     if explicit is not None:
         return explicit
-    found = getattr(services, "events", None) if services is not None else None
-    return found if found is not None else NullEvents()
+    return shared if shared is not None else NullEvents()

@@ -67,7 +67,7 @@ class EndpointPool:
 
     async def start(self) -> None:
         factory = self._factory or backend_factory(self.model.backend)
-        if self.model.backend == "local":
+        if self.model.in_process:
             self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None)
         for cfg in self.model.endpoints:
             self._add(cfg.url, factory(self.model, cfg, self._ctx), cfg)

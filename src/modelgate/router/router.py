@@ -40,7 +40,7 @@ class Router:
         # endpoint URL -> supervisor handle with ``.state`` and ``.info()``; read at use,
         # so the supervisor may fill the mapping after the router was built.
         self._lifecycle: Mapping[str, Any] = lifecycle if lifecycle is not None else {}
-        self.events = resolve_events(events, ctx.services)
+        self.events = resolve_events(events, ctx.services.events)
         self._rng = rng
         self._pools: dict[str, EndpointPool] = {}
         self._names: dict[str, str] = {}

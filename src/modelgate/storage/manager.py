@@ -18,7 +18,7 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modelgate.config import Config, ModelConfig, StorageSpec
 from modelgate.errors import ModelGateError, StorageError
@@ -44,6 +44,19 @@ class _Entry:
         return out
 
 
+def storage_kind(model: ModelConfig) -> Literal["luks", "sealed"] | None:
+    """The one place that decides whether a model needs storage, and which."""
+    if model.storage is not None:
+        return "luks"
+    if model.in_process and model.path and is_sealed(model.path):
+        return "sealed"
+    return None
+
+
+def needs_storage(config: Config) -> bool:
+    return any(storage_kind(m) is not None for m in config.models)
+
+
 def mapper_name(model_id: str) -> str:
     return "modelgate-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)[:100]
 
@@ -59,10 +72,9 @@ class StorageManager:
         self._dm_control = dm_control
         self._entries: dict[str, _Entry] = {}
         for m in config.models:
-            if m.storage is not None:
-                self._entries[m.id] = _Entry(m, "luks")
-            elif m.backend == "local" and m.path and is_sealed(m.path):
-                self._entries[m.id] = _Entry(m, "sealed")
+            kind = storage_kind(m)
+            if kind is not None:
+                self._entries[m.id] = _Entry(m, kind)
 
     # -- lifecycle -------------------------------------------------------------------
 

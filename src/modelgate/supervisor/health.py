@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from modelgate.backends.http_client import HTTPClientError, UpstreamClient
+from modelgate.http.client import HTTPClientError, UpstreamClient
 
 _MAX_BODY = 65536  # a health answer larger than this is not read
 

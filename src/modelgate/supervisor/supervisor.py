@@ -25,9 +25,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from modelgate.backends.http_client import UpstreamClient
 from modelgate.config import Config, EndpointConfig, LaunchSpec, ModelConfig
 from modelgate.errors import ModelGateError
+from modelgate.http.client import UpstreamClient
 from modelgate.supervisor.containers import ContainerRunner, ReapResult, reap_containers
 from modelgate.supervisor.docker_api import DockerApi
 from modelgate.supervisor.endpoint import SupervisedEndpoint

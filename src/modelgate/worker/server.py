@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelgate.config import Config, ModelConfig, build_config
 from modelgate.engine.runtime import LocalModel, load_local_model
-from modelgate.worker.tgi_routes import WORKER_MODEL, register_tgi_routes
+from modelgate.worker.tgi_routes import register_tgi_routes
 
 if TYPE_CHECKING:
     from modelgate.api.app import App
@@ -46,10 +46,11 @@ def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
 
 
 def build_worker_app(config: Config, local: LocalModel) -> App:
-    from modelgate.api.app import Services, build_app
+    from modelgate.gateway import build_gateway
+    from modelgate.services import Services
 
-    services = Services(extra={"local_models": {local.config.id: local}, WORKER_MODEL: local})
-    return build_app(config, services=services, extra_routes=register_tgi_routes)
+    services = Services(local_models={local.config.id: local})
+    return build_gateway(config, services=services, extra_routes=register_tgi_routes)
 
 
 def load_worker_model(config: Config) -> LocalModel:
@@ -74,7 +75,7 @@ def run_worker(args: argparse.Namespace) -> int:
     config = worker_config(args)
     local = load_worker_model(config)
     try:
-        from modelgate.api.server import run_loop
+        from modelgate.serve import run_loop
 
         run_loop(_serve(config, local))
     finally:

@@ -15,14 +15,14 @@ from typing import Any
 import orjson
 
 from modelgate import __version__
-from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.api.middleware import Routes
 from modelgate.engine.runtime import LocalModel
 from modelgate.engine.sequence import SeqParams, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
+from modelgate.http.messages import Request, Response, StreamResponse
+from modelgate.services import Services
 from modelgate.worker.tgi_schema import CompatGenerateRequest, GenerateRequest, ValidationError
 
-WORKER_MODEL = "worker_model"  # the key of the worker's model in the app's services.extra
 MAX_STOP = 4
 
 
@@ -239,5 +239,6 @@ async def tokenize(request: Request) -> Response:
 
 
 def _local(request: Request) -> LocalModel:
-    local: LocalModel = request.app.services.extra[WORKER_MODEL]
-    return local
+    """The worker's one model (loaded before its app was built)."""
+    services: Services = request.app.services
+    return next(iter(services.local_models.values()))

@@ -11,8 +11,6 @@ from tests.integration.api.conftest import API_KEY, UPSTREAM_SECRET
 from tests.support import openai_spec
 from tests.support.openai_upstream import FakeOpenAI
 
-pytestmark = pytest.mark.skipif(not openai_spec.available(), reason="shared/specs not found")
-
 
 def client(base: str, key: str = API_KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from modelgate.backends.base import BackendContext
-from modelgate.backends.http_client import UpstreamClient
 from modelgate.config import Config, build_config
+from modelgate.http.client import UpstreamClient
 from modelgate.router.router import Router
 from modelgate.types import ChatMessage, Chunk, GenerationRequest, SamplingParams
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 from tests.integration.fakes.core import FACTORY, FakeState, Faults, control_routes, reset_connection
 
-SPEC_PATH = Path(__file__).with_name("tgi-openapi.json")
+SPEC_PATH = Path(__file__).resolve().parents[2] / "specs" / "tgi-openapi.json"
 INFO = {
     "model_id": "fake/tgi-model",
     "model_sha": None,

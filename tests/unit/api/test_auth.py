@@ -69,7 +69,7 @@ def test_brute_force_is_throttled(tmp_path: Path) -> None:
 
 
 def test_no_keys_means_open_but_loopback_only() -> None:
-    from modelgate.api.server import _resolve_bind
+    from modelgate.serve import _resolve_bind
 
     cfg = build_config({}, source="x", environ={})
     assert KeyStore(cfg).authenticate(None, "c", scope="admin").admin

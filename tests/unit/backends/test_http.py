@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from modelgate.backends.http import Endpoint
-from modelgate.backends.http_client import ConnectFailed, Origin, UpstreamClient
 from modelgate.errors import UpstreamConnectError
+from modelgate.http.client import ConnectFailed, Origin, UpstreamClient
 
 # not literals to ipaddress, but getaddrinfo (inet_aton) answers 169.254.169.254 for
 # them: they take the path a rebinding name takes

@@ -1,4 +1,4 @@
-"""``modelgate serve``: bind, run, drain on SIGTERM.  ``--workers N`` forks N
+"""``modelgate serve``, the process: bind, run, reload keys on SIGHUP, drain on SIGTERM.  ``--workers N`` forks N
 processes sharing the port (SO_REUSEPORT) for gateway-only configs."""
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
-from modelgate.api.app import build_app
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import State
-from modelgate.config import Config, ModelConfig, self_loop
+from modelgate.config import Config, self_loop
 from modelgate.errors import ConfigError
+from modelgate.gateway import build_gateway
 from modelgate.logs import setup_logging
 
 log = logging.getLogger("modelgate.server")
@@ -31,17 +30,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def with_embedded_default(config: Config) -> Config:
-    """No config file and no models: serve the demo chat model (and the embedding model)."""
-    if config.models or config.source != "<embedded default>":
-        return config
-    from modelgate.engine.defaults import default_models
-
-    cache = Path(config.server.cache_dir or ".cache/modelgate")
-    models = tuple(ModelConfig.model_validate(m) for m in default_models(cache))
-    return config.model_copy(update={"models": models})
 
 
 def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[str, int]:
@@ -59,7 +47,7 @@ def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[s
 
 
 async def run_server(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
-    app = build_app(config)
+    app = build_gateway(config)
     async with app.serving(host, port, reuse_port=reuse_port) as (host, port):
         # What start-up built (modules, config, app, backends) lives as long as the
         # process: out of the cyclic collector's reach, its passes walk only what
@@ -109,13 +97,12 @@ def serve(
     config: Config, *, host: str | None = None, port: int | None = None, workers: int | None = None
 ) -> int:
     setup_logging(config.server.log_level)
-    config = with_embedded_default(config)
     host, port = _resolve_bind(config, host, port)
     n = workers or config.server.workers
     if n <= 1:
         _run_one(config, host, port, reuse_port=False)
         return 0
-    if any(m.backend == "local" or any(e.launch for e in m.endpoints) for m in config.models):
+    if any(m.in_process or any(e.launch for e in m.endpoints) for m in config.models):
         raise ConfigError(
             f"{config.source}: --workers > 1 needs a gateway-only config (no local models or launched "
             "endpoints: those must run once; put them behind `modelgate worker` endpoints)"

@@ -39,8 +39,8 @@ from typing import Any
 import httptools
 import orjson
 
-from modelgate.api.http_messages import Request, Response, StreamResponse
 from modelgate.errors import InternalError, InvalidRequest
+from modelgate.http.messages import Request, Response, StreamResponse
 
 log = logging.getLogger("modelgate.http")
 

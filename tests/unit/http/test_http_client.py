@@ -1,4 +1,4 @@
-"""The upstream HTTP client (modelgate.backends.http_client) and its boundary
+"""The upstream HTTP client (modelgate.http.client) and its boundary
 (modelgate.backends.http) against real servers on 127.0.0.1: raw TCP servers that
 write exact bytes, so that each test controls the framing, the timing and the hang-ups."""
 
@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from modelgate.backends.http import Endpoint, read_bounded
-from modelgate.backends.http_client import (
+from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamOverloaded
+from modelgate.http.client import (
     HIGH_WATER,
     MAX_HEAD,
     BodyTooLarge,
@@ -26,7 +27,6 @@ from modelgate.backends.http_client import (
     UpstreamClient,
     encode_headers,
 )
-from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamOverloaded
 
 READ_MAX = 256 * 1024  # the most an asyncio socket transport reads at once
 LIMIT = 64 * 1024 * 1024

@@ -18,10 +18,10 @@ import aiohttp
 import orjson
 import pytest
 
-from modelgate.api import http_server
-from modelgate.api.http_messages import Request, Response, StreamResponse, encode_head, inflate
-from modelgate.api.http_server import MAX_HEAD, MAX_PIPELINED, HTTPServer
 from modelgate.errors import InvalidRequest, ModelGateError, PayloadTooLarge, UnsupportedMediaType
+from modelgate.http import server as http_server
+from modelgate.http.messages import Request, Response, StreamResponse, encode_head, inflate
+from modelgate.http.server import MAX_HEAD, MAX_PIPELINED, HTTPServer
 
 pytestmark = pytest.mark.timeout(15)
 

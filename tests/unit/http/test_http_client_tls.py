@@ -1,4 +1,4 @@
-"""The upstream HTTP client (modelgate.backends.http_client) over TLS, against a real
+"""The upstream HTTP client (modelgate.http.client) over TLS, against a real
 aiohttp server on 127.0.0.1 whose certificates are made here: a CA that the client
 trusts through SSL_CERT_FILE (read by OpenSSL when the client's context is made),
 and certificates it signed."""
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from modelgate.backends.http import Endpoint, read_json
-from modelgate.backends.http_client import ConnectFailed, UpstreamClient
 from modelgate.errors import UpstreamConnectError
+from modelgate.http.client import ConnectFailed, UpstreamClient
 
 SECRET = "sk-secret-123456"
 HOSTS = ["localhost", "127.0.0.1"]

@@ -29,7 +29,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelgate.backends.http_connection import (
+from modelgate.http.addresses import is_link_local
+from modelgate.http.connection import (
     HIGH_WATER,
     MAX_HEAD,
     BodyTooLarge,
@@ -41,7 +42,6 @@ from modelgate.backends.http_connection import (
     Response,
     encode_headers,
 )
-from modelgate.config import is_link_local
 
 KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
 
