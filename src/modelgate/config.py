@@ -11,7 +11,9 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -322,11 +324,18 @@ class Config(_Frozen):
             raise ValueError(problem)
         return self
 
-    def model(self, model_id: str) -> ModelConfig | None:
-        for m in self.models:
-            if m.id == model_id or model_id in m.aliases:
-                return m
-        return None
+    @cached_property
+    def models_by_name(self) -> Mapping[str, ModelConfig]:
+        """Every name a model answers to (its id and aliases) -> the model."""
+        return MappingProxyType({name: m for m in self.models for name in (m.id, *m.aliases)})
+
+    def model(self, name: str) -> ModelConfig | None:
+        return self.models_by_name.get(name)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Config:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("models_by_name", None)  # computed from the models it may have replaced
+        return copy
 
     def secret(self, env_name: str) -> str:
         try:

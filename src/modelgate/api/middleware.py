@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -24,7 +24,7 @@ import orjson
 from modelgate.api.auth import KeyStore, Principal, Scope
 from modelgate.api.streaming import KeepAliveClock
 from modelgate.config import Config
-from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, NotFound
+from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, ModelNotFound, NotFound
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.logs import AccessLog
 from modelgate.metrics import Metrics
@@ -43,7 +43,8 @@ _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 @dataclass(slots=True)
 class RequestInfo:
-    """What a request learns on its way through (for logs and metrics)."""
+    """What a request learns on its way through (for logs and metrics).  The guard
+    reads it when the answer has gone out: latency, in flight, tokens, access log."""
 
     rid: str
     state: State
@@ -52,6 +53,48 @@ class RequestInfo:
     route: str = "other"
     ttft_ms: float | None = None
     usage: Usage | None = None
+    started: float = 0.0  # when the request was resolved to its model
+    in_flight: Any = None  # the model's in-flight gauge while it is counted there
+
+    def serve(self, model_id: str) -> None:
+        """The request is for ``model_id``: counted in flight until the guard ends it."""
+        self.model = model_id
+        metrics = self.state.metrics
+        self.in_flight = metrics.child(metrics.in_flight, model_id)
+        self.in_flight.inc()
+        self.started = time.perf_counter()
+
+    def first_token(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.ttft_ms = round(elapsed * 1000, 2)
+        metrics = self.state.metrics
+        metrics.child(metrics.ttft, self.model).observe(elapsed)
+
+
+def require_access(principal: Principal | None, model_id: str, name: str) -> None:
+    """A key scoped to other models sees this one as missing (404, as OpenAI answers)."""
+    if principal is not None and not principal.may_use(model_id):
+        raise ModelNotFound(
+            f"The model `{name}` does not exist or you do not have access to it.", param="model"
+        )
+
+
+# routes whose answers are generated tokens (prompt and completion counted)
+_GENERATION_ROUTES = frozenset({"chat", "completion"})
+
+
+def _count(info: RequestInfo, status: int, elapsed: float) -> None:
+    """Request metrics when the answer has gone out (or failed)."""
+    metrics = info.state.metrics
+    model, route, usage = info.model, info.route, info.usage
+    if info.in_flight is not None:
+        info.in_flight.dec()
+    if usage is not None and model:
+        metrics.child(metrics.tokens, model, "prompt").inc(usage.prompt_tokens)
+        if route in _GENERATION_ROUTES:
+            metrics.child(metrics.tokens, model, "completion").inc(usage.completion_tokens)
+    metrics.child(metrics.requests, model, route, str(status)).inc()
+    metrics.child(metrics.latency, model, route).observe(elapsed)
 
 
 @dataclass
@@ -134,9 +177,7 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
         if limits is not None:  # the whole answer, streamed or not, has gone out
             limits.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
         if route != "other":
-            metrics = state.metrics
-            metrics.child(metrics.requests, model, route, str(status)).inc()
-            metrics.child(metrics.latency, model, route).observe(elapsed)
+            _count(info, status, elapsed)
         if state.config.server.access_log:
             state.access.write(
                 {

@@ -9,11 +9,11 @@ from typing import Any, cast
 
 import orjson
 
-from modelgate.api.middleware import RequestInfo, Routes, State, state_of
+from modelgate.api.middleware import Routes, State, require_access, state_of
 from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
-from modelgate.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedMediaType
+from modelgate.errors import InvalidRequest, ShuttingDown, UnsupportedMediaType
 from modelgate.http.messages import Request, Response, StreamResponse
-from modelgate.router.router import Router
+from modelgate.router.router import ModelHandle, Router
 from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import convert, render
 
@@ -34,21 +34,18 @@ def read_json(request: Request) -> Any:
         ) from None
 
 
-def _model(state: State, request: Request, body: Any) -> Any:
+def _model(router: Router, request: Request, body: Any) -> ModelHandle:
+    """The body's model, resolved once, checked against the key, counted in flight."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-    assert state.router is not None
-    model = state.router.resolve(name)
+    handle = router.resolve(name)
     info = request.info
-    if info.principal is not None and not info.principal.may_use(model.id):
-        raise ModelNotFound(
-            f"The model `{name}` does not exist or you do not have access to it.", param="model"
-        )
-    info.model = model.id
-    return model
+    require_access(info.principal, handle.model.id, name)
+    info.serve(handle.model.id)
+    return handle
 
 
 def _router(state: State) -> Router:
@@ -59,56 +56,37 @@ def _router(state: State) -> Router:
 
 async def _generate(request: Request, *, kind: str) -> Response | StreamResponse:
     info = request.info
-    state = info.state
-    router = _router(state)
+    router = _router(info.state)
     info.route = kind
     body = read_json(request)
-    model = _model(state, request, body)
-    limits = state.config.limits
-    rid = info.rid
-    if kind == "chat":
-        req = convert.chat_request(body, model, limits, rid)
-    else:
-        req = convert.completion_request(body, model, limits, rid)
-    router.check(req)
-    out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
-    metrics = state.metrics
-    in_flight = metrics.child(metrics.in_flight, model.id)
-    in_flight.inc()
-    started = time.perf_counter()
-    try:
-        if req.stream:
-            return await _stream(request, state, req, router, out_id, body["model"], started)
-        chunks = await router.complete(req)
-        _first_token(state, info, model.id, started)
-        agg = render.Aggregator()
-        for chunk in chunks:
-            agg.add(chunk)
-        info.usage = agg.usage
-        _count_tokens(state, model.id, agg.usage)
-        created = int(time.time())
-        data = (
-            agg.chat_body(out_id, body["model"], created)
-            if kind == "chat"
-            else agg.completion_body(out_id, body["model"], created)
-        )
-        return Response(body=orjson.dumps(data))
-    finally:
-        in_flight.dec()
+    handle = _model(router, request, body)
+    convert_request = convert.chat_request if kind == "chat" else convert.completion_request
+    req = convert_request(body, handle.model, info.state.config.limits, info.rid)
+    handle.check(req)
+    out_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + info.rid
+    if req.stream:
+        return await _stream(request, handle, req, out_id, body["model"])
+    chunks = await handle.complete(req)
+    info.first_token()
+    agg = render.Aggregator()
+    for chunk in chunks:
+        agg.add(chunk)
+    info.usage = agg.usage
+    created = int(time.time())
+    data = (
+        agg.chat_body(out_id, body["model"], created)
+        if kind == "chat"
+        else agg.completion_body(out_id, body["model"], created)
+    )
+    return Response(body=orjson.dumps(data))
 
 
 async def _stream(
-    request: Request,
-    state: State,
-    req: GenerationRequest,
-    router: Router,
-    out_id: str,
-    client_model: str,
-    started: float,
+    request: Request, handle: ModelHandle, req: GenerationRequest, out_id: str, client_model: str
 ) -> Response | StreamResponse:
     info = request.info
-    gen = cast(AsyncGenerator[Chunk, None], router.generate(req))
-    keepalive = KeepAlive(request, state.keepalive)
+    gen = cast(AsyncGenerator[Chunk, None], handle.generate(req))
+    keepalive = KeepAlive(request, info.state.keepalive)
     try:
         try:
             first = await anext(gen, None)
@@ -123,27 +101,11 @@ async def _stream(
             await fail_stream(keepalive.response, exc, info.rid, [])
             return keepalive.response
         await keepalive.stop()
-        _first_token(state, info, req.model, started)
+        info.first_token()
         renderer = render.ChunkRenderer(req, out_id, client_model)
-        resp = await stream_sse(request, req, gen, first, renderer, keepalive.response)
-        _count_tokens(state, req.model, info.usage)
-        return resp
+        return await stream_sse(request, req, gen, first, renderer, keepalive.response)
     finally:
         await gen.aclose()
-
-
-def _first_token(state: State, info: RequestInfo, model: str, started: float) -> None:
-    elapsed = time.perf_counter() - started
-    info.ttft_ms = round(elapsed * 1000, 2)
-    state.metrics.child(state.metrics.ttft, model).observe(elapsed)
-
-
-def _count_tokens(state: State, model: str, usage: Usage | None) -> None:
-    if usage is None:
-        return
-    m = state.metrics
-    m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
-    m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
 
 
 # the handlers are ``_generate`` itself (a partial is not a coroutine frame of its own)
@@ -152,21 +114,21 @@ completions = functools.partial(_generate, kind="completion")
 
 
 async def embeddings(request: Request) -> Response | StreamResponse:
-    state = state_of(request)
-    router = _router(state)
-    request.info.route = "embeddings"
+    info = request.info
+    router = _router(info.state)
+    info.route = "embeddings"
     body = read_json(request)
-    model = _model(state, request, body)
+    handle = _model(router, request, body)
+    model = handle.model
     if model.task != "embedding" and model.in_process:
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
-    req = convert.embedding_request(body, model, state.config.limits, request.info.rid)
-    result = await router.embed(req)
+    req = convert.embedding_request(body, model, info.state.config.limits, info.rid)
+    result = await handle.embed(req)
     if req.dimensions is not None:
         if any(len(v) < req.dimensions for v in result.vectors):
             raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
         result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
-    request.info.usage = Usage(result.prompt_tokens, 0)
-    state.metrics.child(state.metrics.tokens, model.id, "prompt").inc(result.prompt_tokens)
+    info.usage = Usage(result.prompt_tokens, 0)
     data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
     return Response(body=orjson.dumps(data))
 
@@ -187,13 +149,8 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     state = state_of(request)
     name = request.match_info["model"]
-    assert state.router is not None
-    model = state.router.resolve(name)
-    principal = request.info.principal
-    if principal is not None and not principal.may_use(model.id):
-        raise ModelNotFound(
-            f"The model `{name}` does not exist or you do not have access to it.", param="model"
-        )
+    model = _router(state).resolve(name).model
+    require_access(request.info.principal, model.id, name)
     body = {"id": name, "object": "model", "created": int(state.started), "owned_by": "modelgate"}
     return Response(body=orjson.dumps(body))
 

@@ -143,17 +143,9 @@ class EndpointPool:
             for chunk in await self.complete(request):
                 yield chunk
             return
-        self._budget.request()
-        tried: set[str] = set()
-        last: UpstreamError | None = None
-        for attempt in range(1, self.model.retry.max_attempts + 1):
-            try:
-                ep = await self._acquire(tried)
-            except NoHealthyEndpoint:
-                if last is not None:
-                    raise last from None
-                raise
-            tried.add(ep.url)
+        attempts = _Attempts(self)
+        while True:
+            ep = await attempts.next()
             sent = False
             started = time.monotonic()
             try:
@@ -185,16 +177,14 @@ class EndpointPool:
                 return
             except UpstreamError as exc:
                 self._failed(ep, exc)
-                if sent or not self._retry_allowed(exc, attempt, ep, tried):
+                if sent:
                     raise
-                last = exc
+                attempts.retry_or_raise(exc, ep)
             except (asyncio.CancelledError, GeneratorExit):
                 self._events.attempt(self.model.id, ep.url, "cancelled")
                 raise
             finally:
                 self._release(ep)
-        assert last is not None
-        raise last
 
     def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]:
         """A whole (non-streamed) answer: the backend's ``complete`` under the total
@@ -213,17 +203,9 @@ class EndpointPool:
     async def _call(self, call: Callable[[Endpoint], Awaitable[T]], accept: Callable[[T, str], T]) -> T:
         """One awaited call with failover, each attempt bounded by the total timeout;
         ``accept(result, url)`` may still refuse a result (and so fail over)."""
-        self._budget.request()
-        tried: set[str] = set()
-        last: UpstreamError | None = None
-        for attempt in range(1, self.model.retry.max_attempts + 1):
-            try:
-                ep = await self._acquire(tried)
-            except NoHealthyEndpoint:
-                if last is not None:
-                    raise last from None
-                raise
-            tried.add(ep.url)
+        attempts = _Attempts(self)
+        while True:
+            ep = await attempts.next()
             started = time.monotonic()
             key = self._deadlines.arm()
             try:
@@ -245,11 +227,7 @@ class EndpointPool:
             finally:
                 self._release(ep)
             self._failed(ep, exc)
-            if not self._retry_allowed(exc, attempt, ep, tried):
-                raise exc
-            last = exc
-        assert last is not None
-        raise last
+            attempts.retry_or_raise(exc, ep)
 
     # --- visibility -----------------------------------------------------------------
 
@@ -266,6 +244,38 @@ class EndpointPool:
             "queue_depth": self._queue.depth,
             "endpoints": [e.snapshot() for e in self.endpoints],
         }
+
+
+class _Attempts:
+    """One request's attempts: admission to an endpoint not tried yet, and whether a
+    failure may be retried elsewhere (the prologue and epilogue every call shares)."""
+
+    __slots__ = ("_pool", "count", "last", "tried")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        pool._budget.request()
+        self._pool = pool
+        self.tried: set[str] = set()
+        self.last: UpstreamError | None = None
+        self.count = 0
+
+    async def next(self) -> Endpoint:
+        """The next endpoint (a slot taken on it); when none is left, the last failure."""
+        self.count += 1
+        try:
+            ep = await self._pool._acquire(self.tried)
+        except NoHealthyEndpoint:
+            if self.last is not None:
+                raise self.last from None
+            raise
+        self.tried.add(ep.url)
+        return ep
+
+    def retry_or_raise(self, exc: UpstreamError, ep: Endpoint) -> None:
+        """Raise ``exc`` unless it may be retried on another endpoint."""
+        if not self._pool._retry_allowed(exc, self.count, ep, self.tried):
+            raise exc
+        self.last = exc
 
 
 def _accept(result: T, where: str) -> T:

@@ -1,7 +1,8 @@
 """The router: model id -> pool of endpoints -> one backend call, with failover.
 
 Contract with ``api``:
-- ``resolve(name)`` returns the ModelConfig or raises ModelNotFound.
+- ``resolve(name)`` returns the model's handle (its config as ``.model``, and
+  ``check``/``generate``/``complete``/``embed``) or raises ModelNotFound.
 - ``complete(request)`` returns a whole answer's chunks (non-streaming).
 - ``generate(request)`` is an async iterator of Chunks.  Any error raised before
   the first chunk means nothing reached the client, so the api can still answer
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from modelgate.backends.base import BackendContext
 from modelgate.config import Config, ModelConfig
@@ -23,6 +24,17 @@ from modelgate.errors import ModelNotFound, NoHealthyEndpoint, UpstreamError
 from modelgate.router.events import RouterEvents, resolve_events
 from modelgate.router.pool import EndpointPool
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
+
+
+class ModelHandle(Protocol):
+    """One model as a request uses it, resolved once by name (a model's pool)."""
+
+    model: ModelConfig
+
+    def check(self, request: GenerationRequest) -> None: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+    def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]: ...
+    def embed(self, request: EmbeddingRequest) -> Awaitable[EmbeddingResult]: ...
 
 
 class Router:
@@ -42,12 +54,8 @@ class Router:
         self._lifecycle: Mapping[str, Any] = lifecycle if lifecycle is not None else {}
         self.events = resolve_events(events, ctx.services.events)
         self._rng = rng
-        self._pools: dict[str, EndpointPool] = {}
-        self._names: dict[str, str] = {}
-        for m in config.models:
-            self._names[m.id] = m.id
-            for alias in m.aliases:
-                self._names[alias] = m.id
+        self._pools: dict[str, EndpointPool] = {}  # model id -> its pool
+        self._handles: dict[str, EndpointPool] = {}  # every name (id, aliases) -> the pool
 
     async def start(self) -> None:
         for m in self._config.models:
@@ -60,47 +68,48 @@ class Router:
                 rng=self._rng,
             )
             self._pools[m.id] = pool
+            for name in (m.id, *m.aliases):
+                self._handles[name] = pool
             await pool.start()
 
     async def close(self) -> None:
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        self._handles.clear()
 
     @property
     def models(self) -> tuple[ModelConfig, ...]:
         return self._config.models
 
-    def resolve(self, name: str) -> ModelConfig:
-        model_id = self._names.get(name)
-        if model_id is None:
+    def resolve(self, name: str) -> ModelHandle:
+        """The model a client's name means (its id or an alias), as one handle for the
+        request's check and call; ModelNotFound for a name no model answers to."""
+        handle = self._handles.get(name)
+        if handle is not None:
+            return handle
+        model = self._config.model(name)
+        if model is None:
             raise ModelNotFound(
                 f"The model `{name}` does not exist or you do not have access to it.", param="model"
             )
-        cfg = self._config.model(model_id)
-        assert cfg is not None
-        return cfg
+        raise NoHealthyEndpoint(f"model {model.id!r} is not started", retry_after=1)
 
-    def _pool(self, name: str) -> EndpointPool:
-        model = self.resolve(name)
-        pool = self._pools.get(model.id)
-        if pool is None:
-            raise NoHealthyEndpoint(f"model {model.id!r} is not started", retry_after=1)
-        return pool
+    # by request (the request names its model by id): for callers that hold no handle
 
     def check(self, request: GenerationRequest) -> None:
-        self._pool(request.model).check(request)
+        self.resolve(request.model).check(request)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         # the pool's own iterator, not a re-yielding wrapper: one generator hop less per chunk
-        return self._pool(request.model).generate(request)
+        return self.resolve(request.model).generate(request)
 
     def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]:
         """A whole (non-streamed) answer's chunks (the pool's coroutine, not a wrapper)."""
-        return self._pool(request.model).complete(request)
+        return self.resolve(request.model).complete(request)
 
     def embed(self, request: EmbeddingRequest) -> Awaitable[EmbeddingResult]:
-        return self._pool(request.model).embed(request)
+        return self.resolve(request.model).embed(request)
 
     def readiness(self) -> dict[str, str | None]:
         """model id -> None when it has a usable endpoint, else the reason."""

@@ -188,22 +188,20 @@ def chat_request(body: Any, model: ModelConfig, limits: LimitsConfig, request_id
         raise InvalidRequest(
             "response_format.type must be text, json_object or json_schema.", param="response_format"
         )
-    return GenerationRequest(
+    return _generation(
+        req,
+        body,
+        forward,
         kind="chat",
         model=model.id,
         sampling=sampling,
+        request_id=request_id,
         messages=tuple(_message(m, i) for i, m in enumerate(req.messages)),
-        stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
         tools=tuple(req.tools or ()),
         tool_choice=req.tool_choice,
         response_format=req.response_format
         if req.response_format and req.response_format.get("type") != "text"
         else None,
-        user=req.user,
-        request_id=request_id,
-        params_set=_set_params(req),
-        body={**body, **forward},
     )
 
 
@@ -225,17 +223,30 @@ def completion_request(
         raise InvalidRequest("Parameter 'best_of' is not supported by this server.", param="best_of")
     max_tokens = req.max_tokens if req.max_tokens is not None else 16
     sampling = _sampling(req, limits, max_tokens, req.logprobs is not None, req.logprobs)
-    return GenerationRequest(
+    return _generation(
+        req,
+        body,
+        forward,
         kind="completion",
         model=model.id,
         sampling=sampling,
+        request_id=request_id,
         prompt=prompt,
+    )
+
+
+def _generation(
+    req: ChatCompletionRequest | CompletionRequest, body: Any, forward: dict[str, Any], **fields: Any
+) -> GenerationRequest:
+    """The part of a generation request that chat and completions share: streaming,
+    usage, user, the parameters set, and the body as it may be forwarded."""
+    return GenerationRequest(
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         user=req.user,
-        request_id=request_id,
         params_set=_set_params(req),
         body={**body, **forward},
+        **fields,
     )
 
 
