@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -62,10 +63,11 @@ _MESSAGES_SINCE = (1, 4)
 
 
 def _version(text: Any) -> tuple[int, ...]:
+    """``"3.3.6-dev0"`` -> ``(3, 3, 6)``: the leading digits of each of the first three parts."""
     parts = []
     for p in str(text or "0").split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
+        m = re.match(r"\d+", p)
+        parts.append(int(m.group()) if m else 0)
     return tuple(parts)
 
 
@@ -95,7 +97,7 @@ class TGIBackend:
         self._loaded = False
         self._lock = asyncio.Lock()
         self._messages: Any = None
-        self._logged: set[str] = set()  # what was logged once
+        self._logged: dict[str, str] = {}  # what was logged once, by what happened
 
     def _tokenizer_dir(self) -> Path | None:
         for candidate in (self._model.tokenizer, self._model.path):
@@ -169,9 +171,10 @@ class TGIBackend:
     def _route(self, request: GenerationRequest, info: Mapping[str, Any]) -> str | None:
         return "generate" if request.kind == "completion" else self._chat_route(info)
 
-    def _once(self, message: str) -> None:
-        if message not in self._logged:
-            self._logged.add(message)
+    def _once(self, what: str, message: str) -> None:
+        """Log ``message`` the first time ``what`` happens (or happens again, changed)."""
+        if self._logged.get(what) != message:
+            self._logged[what] = message
             log.warning("%s", message)
 
     # --- the Backend protocol -------------------------------------------------------
@@ -203,7 +206,7 @@ class TGIBackend:
         route = self._route(request, info)
         if route is None:
             reason = self._no_chat(info)
-            self._once(reason)
+            self._once("no chat", reason)
             raise UpstreamMisconfigured(reason)
         stream = self._via_messages(request) if route == "messages" else self._via_generate(request, info)
         try:
@@ -283,7 +286,9 @@ class TGIBackend:
             resp = await self._post("/tokenize", orjson.dumps({"inputs": prompt}))
             tokens = await http.read_json(resp, where=self._where, limit=_MAX_BODY)
         except UpstreamError as exc:
-            self._once(f"{self._where}: prompt tokens cannot be counted ({exc.message}); usage says 0")
+            self._once(
+                "tokenize", f"{self._where}: prompt tokens cannot be counted ({exc.message}); usage says 0"
+            )
             return 0
         return len(tokens) if isinstance(tokens, list) else 0
 
@@ -371,7 +376,7 @@ class TGIBackend:
         extra = {"model_id": info.get("model_id"), "version": info.get("version"), "chat": route}
         if route is None and self._model.task == "chat":
             reason = self._no_chat(info)
-            self._once(reason)
+            self._once("no chat", reason)
             # it answers, but cannot serve this model's chats: "model listed: NO" in check
             return ProbeResult(False, latency, reason, model_listed=False, extra=extra)
         return ProbeResult(True, latency, "ok", extra=extra)
