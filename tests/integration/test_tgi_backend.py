@@ -19,7 +19,7 @@ from tests.integration.fakes.harness import (
     write_tokenizer_dir,
 )
 
-from modelgate.errors import InvalidRequest, UpstreamRejected
+from modelgate.errors import InvalidRequest, ModelGateError, UpstreamRejected
 
 
 @pytest.fixture
@@ -150,3 +150,17 @@ async def test_fake_speaks_tgi_to_huggingface_hub_and_the_schema(fake):
         whole = await (await http.post(fake.url + "/generate", json={"inputs": "x"})).json()
     assert not list(tgi.validator("Info").iter_errors(info))
     assert not list(tgi.validator("GenerateResponse").iter_errors(whole))
+
+
+async def test_generate_without_a_template_is_unready_with_the_reason(fake):
+    async with running_router(router_config([fake.url], protocol="generate")) as router:
+        for _ in range(100):
+            reason = router.readiness()["m"]
+            if reason and "chat template" in reason:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(ModelGateError) as err:
+            await run(router)
+    assert reason and "chat template" in reason and "'tokenizer'" in reason
+    assert err.value.status == 503 and "chat template" in err.value.message  # not the request's fault
+    assert state(fake).stats.requests == 0
