@@ -208,8 +208,11 @@ class TGIBackend:
             reason = self._no_chat(info)
             self._once("no chat", reason)
             raise UpstreamMisconfigured(reason)
-        stream = self._via_messages(request) if route == "messages" else self._via_generate(request, info)
         try:
+            if route == "messages":
+                stream = self._via_messages(request)
+            else:
+                stream = await self._via_generate(request, info)
             async with aclosing(stream):  # type: ignore[type-var]
                 async for chunk in stream:
                     yield chunk
@@ -246,22 +249,16 @@ class TGIBackend:
     async def _via_generate(
         self, request: GenerationRequest, info: Mapping[str, Any]
     ) -> AsyncIterator[Chunk]:
+        """The answer's chunks: the open stream itself (no generator of ours in between),
+        or a whole answer read."""
         self._check_native(request, info)
         prompt = self._prompt(request)
         counted = self._counter.count(prompt) if self._counter else None
         check_limits(request, info, counted)
         body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info)})
         if request.stream:
-            resp = await self._post("/generate_stream", body)
-            try:
-                async for chunk in self._stream(resp, request, prompt, counted):
-                    yield chunk
-            finally:
-                resp.close()  # on cancellation this aborts the upstream request
-        else:
-            resp = await self._post("/generate", body)
-            for chunk in await self._whole(resp, request, prompt, counted):
-                yield chunk
+            return self._stream(await self._post("/generate_stream", body), request, prompt, counted)
+        return _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.kind == "completion":
@@ -316,10 +313,12 @@ class TGIBackend:
     async def _stream(
         self, resp: http.Response, request: GenerationRequest, prompt: str, counted: int | None
     ) -> AsyncIterator[Chunk]:
+        """TGI's token events; the response is closed at the end (on cancellation this
+        aborts the upstream request)."""
         trimmer = StopTrimmer(request.sampling.stop)
-        if request.kind == "chat":
-            yield Chunk(role="assistant")
         try:
+            if request.kind == "chat":
+                yield Chunk(role="assistant")
             async for data, more in iter_sse(resp):
                 event = _event(data, self._where)
                 if "error" in event:
@@ -345,6 +344,8 @@ class TGIBackend:
             raise UpstreamError(f"{self._where}: {exc}") from exc
         except http.HTTPClientError as exc:
             raise http.body_error(exc, self._where) from exc
+        finally:
+            resp.close()
         raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
     # --- the rest -------------------------------------------------------------------
@@ -390,6 +391,11 @@ class TGIBackend:
 def _serves_messages(info: Mapping[str, Any]) -> bool:
     """Whether ``/info`` says the Messages API is there: TGI >= 1.4 serves it."""
     return bool(info.get("version")) and _version(info.get("version")) >= _MESSAGES_SINCE
+
+
+async def _chunks(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _event(data: bytes, where: str) -> dict[str, Any]:
