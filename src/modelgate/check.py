@@ -101,7 +101,12 @@ async def _probe_all(config: Config) -> list[Row]:
                     detail = f"no answer within {config.health.timeout_s} s"
                 rows.append(Row(model.id, url, False, None, None, None, detail))
                 continue
-            reachable = res.ok or res.auth_ok is not None or res.detail.startswith("HTTP")
+            reachable = (
+                res.ok
+                or res.auth_ok is not None
+                or res.detail.startswith("HTTP")
+                or res.model_listed is not None
+            )
             rows.append(
                 Row(
                     model.id,
@@ -211,4 +216,7 @@ def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout
         print_table(rows, out)
         if unhealthy:
             out.write(f"\nno healthy endpoint: {', '.join(unhealthy)}\n")
+            for r in rows:  # why, one line each (the detail column may be cut by a terminal)
+                if r.model in unhealthy:
+                    out.write(f"  {r.model}: {r.endpoint}: {r.detail}\n")
     return 1 if unhealthy or not config.models else 0

@@ -201,6 +201,16 @@ class UpstreamQuotaExceeded(UpstreamError):
     penalize = False
 
 
+class UpstreamNotReady(UpstreamError):
+    """The endpoint does not answer yet (a worker or container still loading): the
+    client gets 503 ``no_healthy_endpoint`` with ``Retry-After``; another endpoint may serve.
+    Not an outlier: requests during a start must not eject what is about to be ready."""
+
+    status = 503
+    default_code = "no_healthy_endpoint"
+    penalize = False
+
+
 class UpstreamRejected(UpstreamError):
     """Upstream 400/422: the request itself is bad.  No failover, no penalty."""
 

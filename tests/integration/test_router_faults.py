@@ -51,7 +51,7 @@ def st(server: FakeServer) -> tgi.FakeState:
 
 
 def cfg(servers: list[Any], tokdir: Path, **kw: Any) -> Any:
-    return router_config([s.url for s in servers], tokenizer=str(tokdir), **kw)
+    return router_config([s.url for s in servers], tokenizer=str(tokdir), protocol="generate", **kw)
 
 
 def assert_openai_shaped(exc: ModelGateError) -> None:
@@ -80,7 +80,9 @@ async def test_r2_failure_after_content_is_one_error_never_a_finish(fakes, tokdi
 async def test_r2_sigkill_mid_stream(tokdir):
     proc = ProcessServer("tgi", faults={"tokens": 200, "token_delay": 0.01}).start()
     try:
-        async with running_router(router_config([proc.url], tokenizer=str(tokdir))) as router:
+        async with running_router(
+            router_config([proc.url], tokenizer=str(tokdir), protocol="generate")
+        ) as router:
             got: list[Any] = []
             killed_at = 0.0
             with pytest.raises(UpstreamDisconnected) as info:
@@ -133,7 +135,9 @@ async def wait_state(router: Any, index: int, state: str, limit: float = 3.0) ->
 
 async def test_r4_ttft_stall_is_504_and_upstream_cancelled(fakes, tokdir):
     st(fakes[0]).faults.update({"mode": "hang", "delay": 3})
-    config = router_config([fakes[0].url], tokenizer=str(tokdir), timeouts={"first_token_s": 0.3})
+    config = router_config(
+        [fakes[0].url], tokenizer=str(tokdir), protocol="generate", timeouts={"first_token_s": 0.3}
+    )
     async with running_router(config) as router:
         started = time.perf_counter()
         with pytest.raises(UpstreamTimeout) as info:
@@ -146,7 +150,9 @@ async def test_r4_ttft_stall_is_504_and_upstream_cancelled(fakes, tokdir):
 
 async def test_r4_idle_stall_after_content_is_an_error_event_and_cancels(fakes, tokdir):
     st(fakes[0]).faults.update({"mode": "stall", "after": 2, "delay": 3})
-    config = router_config([fakes[0].url], tokenizer=str(tokdir), timeouts={"idle_s": 0.3})
+    config = router_config(
+        [fakes[0].url], tokenizer=str(tokdir), protocol="generate", timeouts={"idle_s": 0.3}
+    )
     async with running_router(config) as router:
         got, exc = await run_partial(router)
     assert text_of(got) == " w0 w1" and isinstance(exc, UpstreamTimeout)
@@ -247,7 +253,9 @@ async def test_r6_insufficient_quota_endpoint_is_not_retried(fakes, tokdir):
 )
 async def test_r7_garbage_is_an_openai_error_and_counts_as_failure(fakes, tokdir, mode, stream):
     st(fakes[0]).faults.update({"mode": mode, "after": 0})
-    async with running_router(router_config([fakes[0].url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fakes[0].url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         with pytest.raises(UpstreamError) as info:
             await run(router, chat(stream=stream))
         ep = router.snapshot()[0]["endpoints"][0]
@@ -317,7 +325,9 @@ async def test_r9_all_down_is_a_fast_503(fakes, tokdir):
 
 async def test_r10_client_disconnect_cancels_upstream_within_a_second(fakes, tokdir):
     st(fakes[0]).faults.update({"tokens": 500, "token_delay": 0.01})
-    async with running_router(router_config([fakes[0].url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fakes[0].url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
 
         async def client() -> None:
             async for _ in router.generate(chat()):

@@ -19,7 +19,7 @@ from tests.integration.fakes.harness import (
     write_tokenizer_dir,
 )
 
-from modelgate.errors import InvalidRequest, UpstreamRejected
+from modelgate.errors import InvalidRequest, ModelGateError, UpstreamRejected
 
 
 @pytest.fixture
@@ -40,7 +40,9 @@ def state(server: FakeServer) -> tgi.FakeState:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_chat_is_rendered_with_the_template_and_mapped_back(fake, tokdir, stream):
-    async with running_router(router_config([fake.url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fake.url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         chunks = await run(router, chat("hello world", stream=stream, max_tokens=50))
     assert text_of(chunks) == " w0 w1 w2 w3 w4"
     assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]  # eos_token -> stop
@@ -54,7 +56,9 @@ async def test_chat_is_rendered_with_the_template_and_mapped_back(fake, tokdir, 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_stop_sequence_is_removed_and_length_is_reported(fake, tokdir, stream):
-    async with running_router(router_config([fake.url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fake.url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         stopped = await run(router, chat(stream=stream, stop=(" w2",)))
         cut = await run(router, chat(stream=stream, max_tokens=2))
     assert text_of(stopped) == " w0 w1"
@@ -63,7 +67,9 @@ async def test_stop_sequence_is_removed_and_length_is_reported(fake, tokdir, str
 
 
 async def test_sampling_maps_within_tgi_validation(fake, tokdir):
-    async with running_router(router_config([fake.url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fake.url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         await run(router, chat(temperature=0.0, top_p=1.0, seed=7, stream=False))
         greedy = state(fake).seen_bodies[-1]["parameters"]
         await run(router, chat(temperature=0.7, top_p=0.9, top_k=5, stream=False))
@@ -74,7 +80,9 @@ async def test_sampling_maps_within_tgi_validation(fake, tokdir):
 
 
 async def test_info_limits_are_checked_before_sending(fake, tokdir):
-    async with running_router(router_config([fake.url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fake.url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         await run(router)  # loads /info
         before = state(fake).stats.requests
         with pytest.raises(InvalidRequest) as too_long:
@@ -93,7 +101,9 @@ async def test_tgi_422_is_a_400_without_failover(fake, tokdir):
         "error_type": "validation",
     }
     state(fake).faults.update({"mode": "status", "status": 422, "body": body})
-    async with running_router(router_config([fake.url], tokenizer=str(tokdir))) as router:
+    async with running_router(
+        router_config([fake.url], tokenizer=str(tokdir), protocol="generate")
+    ) as router:
         with pytest.raises(UpstreamRejected) as info:
             await run(router)
     assert info.value.status == 400 and "temperature" in info.value.message
@@ -140,3 +150,17 @@ async def test_fake_speaks_tgi_to_huggingface_hub_and_the_schema(fake):
         whole = await (await http.post(fake.url + "/generate", json={"inputs": "x"})).json()
     assert not list(tgi.validator("Info").iter_errors(info))
     assert not list(tgi.validator("GenerateResponse").iter_errors(whole))
+
+
+async def test_generate_without_a_template_is_unready_with_the_reason(fake):
+    async with running_router(router_config([fake.url], protocol="generate")) as router:
+        for _ in range(100):
+            reason = router.readiness()["m"]
+            if reason and "chat template" in reason:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(ModelGateError) as err:
+            await run(router)
+    assert reason and "chat template" in reason and "'tokenizer'" in reason
+    assert err.value.status == 503 and "chat template" in err.value.message  # not the request's fault
+    assert state(fake).stats.requests == 0

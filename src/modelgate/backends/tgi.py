@@ -1,24 +1,38 @@
 """Hugging Face Text Generation Inference (and ``modelgate worker``) as an upstream.
 
-``protocol`` picks the wire: ``generate`` (TGI's native ``/generate`` and
-``/generate_stream``; chat rendered here with the model's chat template),
-``messages`` (TGI's OpenAI-compatible ``/v1/chat/completions``, passed through by
-the openai backend) or ``auto``: completions and chats with a local template go
-native, other chats go to the Messages API when ``/info`` reports TGI >= 1.4.
-Requests are checked against ``/info``'s limits before they are sent.
+``protocol`` picks how chats travel: ``messages`` (TGI's OpenAI-compatible
+``/v1/chat/completions``, passed through by the openai backend), ``generate``
+(TGI's native ``/generate`` and ``/generate_stream``, the chat rendered here with
+the chat template of ``tokenizer``) or ``auto``: the Messages API when the
+endpoint's ``/info`` reports TGI >= 1.4 (``modelgate worker`` reports the TGI
+version whose API it serves), else ``/generate`` with the template.  Completions
+always go native.
+
+``/info`` is read when the endpoint first answers, again at every passed probe
+(a TGI upgraded behind the same URL) and after the endpoint stopped answering.
+While it cannot be read a request gets ``UpstreamNotReady`` (503
+``no_healthy_endpoint`` with ``Retry-After``).  An endpoint where a chat cannot be
+rendered at all fails its probe with that reason (``/ready``, ``modelgate
+check``), logged once.  ``n > 1`` over the Messages API, which ignores ``n``, is
+``n`` upstream requests (``fanout``).  Prompt tokens over ``/generate`` come from
+the upstream (``x-prompt-tokens``, ``details.input_length``), else from
+``tokenizer``, else from the upstream's ``/tokenize``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from modelgate.backends import http
+from modelgate.backends import fanout, http
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
 from modelgate.backends.sse import EventTooLarge, TruncatedEvent, iter_sse
@@ -35,20 +49,25 @@ from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import (
     ConfigError,
     InvalidRequest,
+    UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
+    UpstreamMisconfigured,
+    UpstreamNotReady,
 )
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult, Usage
 
+log = logging.getLogger(__name__)
 _MAX_BODY = 16 * 1024 * 1024
 _MESSAGES_SINCE = (1, 4)
 
 
 def _version(text: Any) -> tuple[int, ...]:
+    """``"3.3.6-dev0"`` -> ``(3, 3, 6)``: the leading digits of each of the first three parts."""
     parts = []
     for p in str(text or "0").split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
+        m = re.match(r"\d+", p)
+        parts.append(int(m.group()) if m else 0)
     return tuple(parts)
 
 
@@ -69,6 +88,8 @@ class TGIBackend:
             headers={"Content-Type": "application/json", "Accept": "text/event-stream, application/json"},
             connect_s=model.timeouts.connect_s,
         )
+        self._retry_s = max(1.0, ctx.config.health.interval_s)
+        # the last /info read; None: not read since the endpoint (re)started
         self._info: dict[str, Any] | None = None
         self._tok_dir = self._tokenizer_dir()
         self._template: ChatTemplate | None = None
@@ -76,6 +97,7 @@ class TGIBackend:
         self._loaded = False
         self._lock = asyncio.Lock()
         self._messages: Any = None
+        self._logged: dict[str, str] = {}  # what was logged once, by what happened
 
     def _tokenizer_dir(self) -> Path | None:
         for candidate in (self._model.tokenizer, self._model.path):
@@ -89,8 +111,8 @@ class TGIBackend:
 
     # --- setup ----------------------------------------------------------------------
 
-    async def _prepare(self) -> None:
-        if self._loaded and self._info is not None:
+    async def _load_tokenizer(self) -> None:
+        if self._loaded:
             return
         async with self._lock:
             if not self._loaded and self._tok_dir is not None:
@@ -99,92 +121,176 @@ class TGIBackend:
                     lambda: (ChatTemplate.from_dir(d), TokenCounter.from_dir(d))
                 )
             self._loaded = True
-            if self._info is None:
-                self._info = await self._get_info()
 
-    async def _get_info(self) -> dict[str, Any] | None:
+    async def _prepare(self) -> dict[str, Any]:
+        """The tokenizer loaded and ``/info`` read (once; again after a restart)."""
+        await self._load_tokenizer()
+        info = self._info
+        if info is None:
+            info = self._info = await self._read_info()
+        return info
+
+    async def _read_info(self) -> dict[str, Any]:
+        """``/info`` as the endpoint answers it now: ``{}`` when it answers without one
+        (not TGI); ``UpstreamNotReady`` while it does not answer (still loading)."""
         try:
             resp = await self._up.get("/info")
             raw = await http.read_bounded(resp, 1 << 20, where=self._where)
-            if resp.status != 200:
-                return None
-            data = orjson.loads(raw)
-        except (orjson.JSONDecodeError, UpstreamError):
-            return None
-        return data if isinstance(data, dict) else None
+        except UpstreamError as exc:
+            raise UpstreamNotReady(
+                f"{self._where} is not answering yet: {exc.message}", retry_after=self._retry_s
+            ) from exc
+        if resp.status >= 500 or resp.status == 429:
+            raise UpstreamNotReady(
+                f"{self._where} is not ready: GET /info answered {resp.status}", retry_after=self._retry_s
+            )
+        try:
+            data = orjson.loads(raw) if resp.status == 200 else None
+        except orjson.JSONDecodeError:
+            data = None
+        return data if isinstance(data, dict) else {}
 
-    def _protocol(self, request: GenerationRequest) -> str:
-        if self._model.protocol != "auto":
-            return self._model.protocol
-        if request.kind == "completion" or self._template is not None:
-            return "generate"
-        if self._info is not None and _version(self._info.get("version")) >= _MESSAGES_SINCE:
+    def _chat_route(self, info: Mapping[str, Any]) -> str | None:
+        """How a chat reaches this endpoint: ``messages``, ``generate``, or None (no way)."""
+        protocol = self._model.protocol
+        if protocol == "messages" or (protocol == "auto" and _serves_messages(info)):
             return "messages"
-        return "generate"
+        return "generate" if self._template is not None else None
+
+    def _no_chat(self, info: Mapping[str, Any]) -> str:
+        """Why a chat cannot be rendered for this endpoint."""
+        fix = "set 'tokenizer' to a directory with the model's chat template (tokenizer_config.json)"
+        if self._model.protocol == "generate":
+            return f"model {self._model.id!r} has no chat template for TGI's /generate: {fix}"
+        seen = f"version {info['version']}" if info.get("version") else "no TGI version"
+        return (
+            f"{self._where} does not serve TGI's Messages API (/info: {seen}; it needs TGI >= 1.4) "
+            f"and model {self._model.id!r} has no chat template for /generate: {fix}"
+        )
+
+    def _route(self, request: GenerationRequest, info: Mapping[str, Any]) -> str | None:
+        return "generate" if request.kind == "completion" else self._chat_route(info)
+
+    def _once(self, what: str, message: str) -> None:
+        """Log ``message`` the first time ``what`` happens (or happens again, changed)."""
+        if self._logged.get(what) != message:
+            self._logged[what] = message
+            log.warning("%s", message)
 
     # --- the Backend protocol -------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> None:
-        if self._model.protocol == "messages":
-            return
-        native = (
-            request.kind == "completion" or self._model.protocol == "generate" or self._template is not None
-        )
-        if not native:
-            return
+        if self._info is None and self._model.protocol == "auto":
+            return  # decided when the endpoint answers; generate() checks again
+        if self._route(request, self._info or {}) == "generate":
+            self._check_native(request, self._info)
+
+    def _check_native(self, request: GenerationRequest, info: Mapping[str, Any] | None) -> None:
         if request.sampling.n > 1:
             raise InvalidRequest("n > 1 is not supported by TGI's /generate", param="n")
         if request.sampling.logprobs:
             raise InvalidRequest("logprobs are not supported by TGI's /generate", param="logprobs")
         if request.tools:
-            raise InvalidRequest("tools need protocol 'messages' for a TGI model", param="tools")
+            raise InvalidRequest("tools need TGI's Messages API (protocol 'messages')", param="tools")
         if any(m.parts for m in request.messages):
             raise InvalidRequest(
-                "non-text content needs protocol 'messages' for a TGI model", param="messages"
+                "non-text content needs TGI's Messages API (protocol 'messages')", param="messages"
             )
-        check_limits(request, self._info, None)
+        check_limits(request, info, None)
 
     async def complete(self, request: GenerationRequest) -> list[Chunk]:
         return await collect(self.generate(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        await self._prepare()
-        if self._protocol(request) == "messages":
-            async for chunk in self._messages_backend().generate(_with_body(request)):
-                yield chunk
-            return
-        self.check(request)
-        prompt = self._prompt(request)
-        prompt_tokens = self._counter.count(prompt) if self._counter else None
-        check_limits(request, self._info, prompt_tokens)
-        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, self._info)})
-        if request.stream:
-            resp = await self._post("/generate_stream", body)
-            try:
-                async for chunk in self._stream(resp, request):
+        info = await self._prepare()
+        route = self._route(request, info)
+        if route is None:
+            reason = self._no_chat(info)
+            self._once("no chat", reason)
+            raise UpstreamMisconfigured(reason)
+        try:
+            if route == "messages":
+                stream = self._via_messages(request)
+            else:
+                stream = await self._via_generate(request, info)
+            async with aclosing(stream):  # type: ignore[type-var]
+                async for chunk in stream:
                     yield chunk
-            finally:
-                resp.close()  # on cancellation this aborts the upstream request
-        else:
-            for chunk in await self._whole(await self._post("/generate", body), request, prompt_tokens):
-                yield chunk
+        except UpstreamConnectError:
+            self._info = None  # it went away: read /info again when it is back
+            raise
+
+    # --- the Messages API -----------------------------------------------------------
+
+    def _via_messages(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        backend = self._messages_backend()
+        request = _with_body(request)
+        if request.sampling.n <= 1:
+            return backend.generate(request)  # type: ignore[no-any-return]
+        parts = fanout.copies(request)  # TGI ignores n: one request per choice
+        if request.stream:
+            return fanout.merged([backend.generate(r) for r in parts])
+        return fanout.gathered([backend.complete(r) for r in parts])
+
+    def _messages_backend(self) -> Any:
+        if self._messages is None:
+            from dataclasses import replace
+
+            from modelgate.backends.openai import OpenAIBackend
+
+            ep = self._endpoint.model_copy(
+                update={"url": self._url + "/v1", "upstream_model": self._endpoint.upstream_model or "tgi"}
+            )
+            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._client))
+        return self._messages
+
+    # --- native /generate -----------------------------------------------------------
+
+    async def _via_generate(
+        self, request: GenerationRequest, info: Mapping[str, Any]
+    ) -> AsyncIterator[Chunk]:
+        """The answer's chunks: the open stream itself (no generator of ours in between),
+        or a whole answer read."""
+        self._check_native(request, info)
+        prompt = self._prompt(request)
+        counted = self._counter.count(prompt) if self._counter else None
+        check_limits(request, info, counted)
+        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info)})
+        if request.stream:
+            return self._stream(await self._post("/generate_stream", body), request, prompt, counted)
+        return _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.kind == "completion":
             return request.prompt or ""
-        if self._template is None:
-            raise InvalidRequest(
-                f"model {self._model.id!r} has no chat template for TGI's /generate: set 'tokenizer' "
-                "to a directory with tokenizer_config.json, or protocol 'messages'",
-                param="messages",
-            )
+        if self._template is None:  # _route() said there is one
+            raise UpstreamMisconfigured(self._no_chat(self._info or {}))
         return self._template.render(request.messages, tools=request.tools)
 
     async def _post(self, path: str, body: bytes) -> http.Response:
         return await self._up.post(path, body)
 
+    async def _prompt_tokens(self, prompt: str, reported: Any, counted: int | None) -> int:
+        """The prompt's tokens: as the upstream reported them, else as ``tokenizer``
+        counts them, else as the upstream's ``/tokenize`` does."""
+        if isinstance(reported, int) and not isinstance(reported, bool):
+            return reported
+        if isinstance(reported, str) and reported.isdigit():
+            return int(reported)
+        if counted is not None:
+            return counted
+        try:
+            resp = await self._post("/tokenize", orjson.dumps({"inputs": prompt}))
+            tokens = await http.read_json(resp, where=self._where, limit=_MAX_BODY)
+        except UpstreamError as exc:
+            self._once(
+                "tokenize", f"{self._where}: prompt tokens cannot be counted ({exc.message}); usage says 0"
+            )
+            return 0
+        return len(tokens) if isinstance(tokens, list) else 0
+
     async def _whole(
-        self, resp: http.Response, request: GenerationRequest, prompt_tokens: int | None
+        self, resp: http.Response, request: GenerationRequest, prompt: str, counted: int | None
     ) -> list[Chunk]:
         data = await http.read_json(resp, where=self._where, limit=_MAX_BODY)
         if isinstance(data, list) and len(data) == 1:
@@ -196,17 +302,23 @@ class TGIBackend:
         text = data["generated_text"]
         if isinstance(details, Mapping) and details.get("finish_reason") == "stop_sequence":
             text = strip_stop(text, request.sampling.stop)
-        header = resp.headers.get("x-prompt-tokens", "")
-        prompt = int(header) if header.isdigit() else (prompt_tokens or 0)
         generated = int(details.get("generated_tokens") or 0) if isinstance(details, Mapping) else 0
+        prompt_tokens = await self._prompt_tokens(prompt, resp.headers.get("x-prompt-tokens"), counted)
         role = "assistant" if request.kind == "chat" else None
-        return [Chunk(text=text, role=role, finish_reason=reason), Chunk(usage=Usage(prompt, generated))]
+        return [
+            Chunk(text=text, role=role, finish_reason=reason),
+            Chunk(usage=Usage(prompt_tokens, generated)),
+        ]
 
-    async def _stream(self, resp: http.Response, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    async def _stream(
+        self, resp: http.Response, request: GenerationRequest, prompt: str, counted: int | None
+    ) -> AsyncIterator[Chunk]:
+        """TGI's token events; the response is closed at the end (on cancellation this
+        aborts the upstream request)."""
         trimmer = StopTrimmer(request.sampling.stop)
-        if request.kind == "chat":
-            yield Chunk(role="assistant")
         try:
+            if request.kind == "chat":
+                yield Chunk(role="assistant")
             async for data, more in iter_sse(resp):
                 event = _event(data, self._where)
                 if "error" in event:
@@ -223,11 +335,8 @@ class TGIBackend:
                 reason = finish_reason(details, self._where)
                 tail = trimmer.feed(text) + trimmer.finish(details.get("finish_reason") == "stop_sequence")
                 yield Chunk(text=tail, finish_reason=reason)
-                yield Chunk(
-                    usage=Usage(
-                        int(details.get("input_length") or 0), int(details.get("generated_tokens") or 0)
-                    )
-                )
+                prompt_tokens = await self._prompt_tokens(prompt, details.get("input_length"), counted)
+                yield Chunk(usage=Usage(prompt_tokens, int(details.get("generated_tokens") or 0)))
                 return
         except TruncatedEvent as exc:
             raise UpstreamDisconnected(f"{self._where} stream ended inside an event") from exc
@@ -235,19 +344,11 @@ class TGIBackend:
             raise UpstreamError(f"{self._where}: {exc}") from exc
         except http.HTTPClientError as exc:
             raise http.body_error(exc, self._where) from exc
+        finally:
+            resp.close()
         raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
 
-    def _messages_backend(self) -> Any:
-        if self._messages is None:
-            from dataclasses import replace
-
-            from modelgate.backends.openai import OpenAIBackend
-
-            ep = self._endpoint.model_copy(
-                update={"url": self._url + "/v1", "upstream_model": self._endpoint.upstream_model or "tgi"}
-            )
-            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._client))
-        return self._messages
+    # --- the rest -------------------------------------------------------------------
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         raise InvalidRequest(
@@ -259,25 +360,42 @@ class TGIBackend:
         try:
             resp = await self._up.get("/health")
             await http.read_bounded(resp, 65536, where=self._where)
-            ok = resp.status == 200
-            detail = "ok" if ok else f"GET /health answered {resp.status}"
         except UpstreamError as exc:
             self._info = None  # it may come back as another model or version
             return ProbeResult(False, time.perf_counter() - start, exc.message)
         latency = time.perf_counter() - start
-        if ok and self._info is None:
-            self._info = await self._get_info()
-        extra = (
-            {"model_id": self._info.get("model_id"), "version": self._info.get("version")}
-            if self._info
-            else {}
-        )
-        return ProbeResult(ok, latency, detail, extra=extra)
+        if resp.status != 200:
+            return ProbeResult(False, latency, f"GET /health answered {resp.status}")
+        try:
+            info = await self._read_info()  # every time: it may have restarted as another version
+            await self._load_tokenizer()
+        except UpstreamNotReady as exc:
+            self._info = None
+            return ProbeResult(False, latency, exc.message)
+        self._info = info
+        route = self._chat_route(info)
+        extra = {"model_id": info.get("model_id"), "version": info.get("version"), "chat": route}
+        if route is None and self._model.task == "chat":
+            reason = self._no_chat(info)
+            self._once("no chat", reason)
+            # it answers, but cannot serve this model's chats: "model listed: NO" in check
+            return ProbeResult(False, latency, reason, model_listed=False, extra=extra)
+        return ProbeResult(True, latency, "ok", extra=extra)
 
     async def close(self) -> None:
         if self._own_http is not None:
             await self._own_http.close()
             self._own_http = None
+
+
+def _serves_messages(info: Mapping[str, Any]) -> bool:
+    """Whether ``/info`` says the Messages API is there: TGI >= 1.4 serves it."""
+    return bool(info.get("version")) and _version(info.get("version")) >= _MESSAGES_SINCE
+
+
+async def _chunks(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _event(data: bytes, where: str) -> dict[str, Any]:

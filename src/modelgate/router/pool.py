@@ -95,7 +95,7 @@ class EndpointPool:
     def _no_endpoint(self, exclude: set[str]) -> NoHealthyEndpoint:
         waits = [w for e in self.endpoints if e.url not in exclude and (w := e.available_in()) is not None]
         retry = min(waits) if waits else self._health_cfg.interval_s
-        states = ", ".join(f"{e.url} {e.note_state()}" for e in self.endpoints)
+        states = ", ".join(_why(e) for e in self.endpoints)
         return NoHealthyEndpoint(
             f"no healthy endpoint for model {self.model.id!r} ({states})", retry_after=retry
         )
@@ -236,7 +236,7 @@ class EndpointPool:
         # not one still starting
         if any(e.usable and e.state == "healthy" for e in self.endpoints):
             return None
-        return "no healthy endpoint: " + ", ".join(f"{e.url} {e.note_state()}" for e in self.endpoints)
+        return "no healthy endpoint: " + ", ".join(_why(e) for e in self.endpoints)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -276,6 +276,15 @@ class _Attempts:
         if not self._pool._retry_allowed(exc, self.count, ep, self.tried):
             raise exc
         self.last = exc
+
+
+def _why(ep: Endpoint) -> str:
+    """An endpoint's state, with what its last failed probe said (why it is not ready)."""
+    state = ep.note_state()
+    probe = ep.last_probe
+    if state != "healthy" and probe is not None and not probe.get("ok") and probe.get("detail"):
+        return f"{ep.url} {state} ({probe['detail']})"
+    return f"{ep.url} {state}"
 
 
 def _accept(result: T, where: str) -> T:

@@ -24,6 +24,9 @@ from modelgate.services import Services
 from modelgate.worker.tgi_schema import CompatGenerateRequest, GenerateRequest, ValidationError
 
 MAX_STOP = 4
+# The TGI release whose API these routes and the OpenAI routes serve (tests/specs/tgi-openapi.json).
+# /info says it in "version", as TGI does: a gateway reads ">= 1.4" as "the Messages API is here".
+TGI_API_VERSION = "3.3.6"
 
 
 def register_tgi_routes(routes: Routes) -> None:
@@ -212,8 +215,8 @@ async def info(request: Request) -> Response:
         "max_total_tokens": ctx,
         "validation_workers": 1,
         "max_client_batch_size": local.config.max_batch_size,
-        "router": "modelgate-worker",
-        "version": __version__,
+        "router": f"modelgate-worker {__version__}",
+        "version": TGI_API_VERSION,
         "sha": None,
         "docker_label": None,
     }

@@ -51,6 +51,7 @@ class Faults:
     token_delay: float = 0.0
     health: int = 200
     seed: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # fields of /info to answer differently
 
     def update(self, raw: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -70,6 +71,7 @@ class Stats:
     abandoned: int = 0  # generations whose client went away mid-answer
     completed: int = 0
     probes: int = 0
+    tokenized: int = 0  # /tokenize calls
     abandon_times: list[float] = field(default_factory=list)  # time.time() when noticed
 
 

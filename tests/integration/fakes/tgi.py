@@ -134,7 +134,20 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
         return web.Response(status=200)
 
     async def info(request: web.Request) -> web.Response:
-        return web.json_response(INFO)
+        return web.json_response({**INFO, **state.faults.info})
+
+    async def tokenize(request: web.Request) -> web.Response:
+        """TGI's ``/tokenize``: one ``SimpleToken`` per word (the fake's token counts)."""
+        body = await request.json()
+        if not isinstance(body, dict) or list(validator("GenerateRequest").iter_errors(body)):
+            return tgi_error(422, "Input validation error", "validation")
+        state.stats.tokenized += 1
+        text, out, pos = str(body["inputs"]), [], 0
+        for i, word in enumerate(text.split()):
+            start = text.index(word, pos)
+            pos = start + len(word)
+            out.append({"id": 100 + i, "text": word, "start": start, "stop": pos})
+        return web.json_response(out)
 
     async def parse(request: web.Request, schema: str = "GenerateRequest") -> dict[str, Any] | web.Response:
         state.stats.requests += 1
@@ -232,6 +245,7 @@ def make_app(faults: Faults | FakeState | None = None) -> web.Application:
 
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/", compat)
     app.router.add_post("/generate", generate)
     app.router.add_post("/generate_stream", generate_stream)
