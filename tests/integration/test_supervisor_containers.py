@@ -344,7 +344,9 @@ async def test_socket_from_docker_host_only_ports_on_loopback_and_no_gateway_env
         assert await sup.wait_ready(30)  # /health through the port published on loopback
         cid = sup.lifecycle[f"http://127.0.0.1:{port}"].info()["container_id"]
         attrs = (await asyncio.to_thread(docker.containers.get, cid)).attrs
-        assert attrs["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+        assert attrs["HostConfig"]["PortBindings"] == {
+            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        }
         env = attrs["Config"]["Env"]
         assert "FROM_LAUNCH=yes" in env and "PATH=/bin" in env  # the image's PATH, not the gateway's
         assert not [e for e in env if "sk-upstream-secret" in e or e.startswith(("UPSTREAM_KEY=", "LANG="))]

@@ -92,7 +92,9 @@ def test_two_gateways_from_one_config_keep_their_children(tmp_path: Path) -> Non
         rec_a = child_of(state, a)
         assert rec_a is not None
         b = gw_b = serve(config, port_b, tmp_path / "b.log")
-        assert wait_until(lambda: child_of(state, gw_b) is not None, 60, 0.1), (tmp_path / "b.log").read_text()
+        assert wait_until(lambda: child_of(state, gw_b) is not None, 60, 0.1), (
+            tmp_path / "b.log"
+        ).read_text()
         rec_b = child_of(state, gw_b)
         assert rec_b is not None
         time.sleep(0.5)  # B reaped before it launched; give a wrong kill time to land
