@@ -125,6 +125,12 @@ class Supervisor:
             )
         else:
             assert self._api is not None
+            if spec.network_mode == "host":
+                log.warning(
+                    "supervisor: %s runs with network_mode host: its server is reachable on every "
+                    "interface it binds (TGI: pass --hostname 127.0.0.1), or publish ports instead",
+                    ep.url,
+                )
             labels = container_labels(self.instance, self.run_id, model.id, ep.url)
             runner = ContainerRunner(spec, self._api, labels=labels)
         lifecycle = Lifecycle(
