@@ -148,8 +148,45 @@ def test_instance_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     first.acquire()
     with pytest.raises(InstanceTaken, match="another gateway already supervises as instance 'gw'"):
         second.acquire()
-    InstanceLock(tmp_path, "other").acquire()  # another name is another lock
+    other = InstanceLock(tmp_path, "other")
+    other.acquire()  # another name is another lock
+    other.release()
     first.release()
     second.acquire()
     assert second.held
     second.release()
+
+
+def test_serve_claims_the_real_port_and_names_the_instance_by_it() -> None:
+    from modelgate.serve import _claim, bound
+
+    port = _claim("127.0.0.1", 0, reuse_port=False)  # port 0: the one really bound, picked now
+    assert port > 0
+    cfg = bound(build_config({"server": {"port": 8000}}, source="<x>", environ={}), "127.0.0.1", port)
+    assert cfg.server.port == port
+    assert instance_name(cfg).startswith(f"modelgate-127.0.0.1-{port}-")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{taken}"):
+            _claim("127.0.0.1", taken, reuse_port=False)
+
+
+def test_check_says_which_docker_api(tmp_path: Path) -> None:
+    import io
+
+    from modelgate.check import run_check
+
+    launch = {"kind": "container", "image": "busybox", "ports": {"80": 1}}
+    raw = {
+        "health": {"timeout_s": 0.2},
+        "models": [
+            {"id": "m", "backend": "openai", "endpoints": [{"url": "http://127.0.0.1:1", "launch": launch}]}
+        ],
+    }
+    cfg = build_config(raw, source="t", environ={"DOCKER_HOST": f"unix://{tmp_path}/d.sock"})
+    out = io.StringIO()
+    run_check(cfg, out=out)
+    assert f"containers: Docker API at unix://{tmp_path}/d.sock (from DOCKER_HOST)" in out.getvalue()
+    out = io.StringIO()
+    run_check(cfg, as_json=True, out=out)
+    assert '"docker_host":{"url":"unix://' in out.getvalue() and '"from":"DOCKER_HOST"' in out.getvalue()
