@@ -238,7 +238,7 @@ class Supervisor:
             try:
                 await self._api.connect()
             except ModelGateError as exc:  # container endpoints will fail (and retry) on their own
-                log.error("supervisor: %s", exc.message)
+                log.error("supervisor: %s (address from %s)", exc.message, self._sc.docker_host_from)
                 return ReapResult()
         await self._api.connect()
         keep = {cid for ep in self._endpoints.values() if (cid := getattr(ep.runner, "container_id", None))}
