@@ -234,8 +234,7 @@ class SupervisorConfig(_Frozen):
 
     # None: found at load (docker_hosts): DOCKER_HOST, Podman's rootful then rootless socket, Docker's
     docker_host: str | None = None
-    # set at load: where docker_host came from (for the log and `modelgate check`)
-    docker_host_from: str = Field("supervisor.docker_host", exclude=True)
+    docker_host_origin: str | None = Field(None, exclude=True)  # set at load: see docker_host_from
     # what launched processes get from the gateway's environment (names, or PREFIX*), never
     # MODELGATE_* nor a variable some *_env field names; launch.env adds to it
     inherit_env: tuple[str, ...] = INHERIT_ENV
@@ -266,6 +265,13 @@ class SupervisorConfig(_Frozen):
     @property
     def docker_url(self) -> str:
         return self.docker_host or DOCKER_SOCKET
+
+    @property
+    def docker_host_from(self) -> str:
+        """Where ``docker_url`` came from, for the log and ``modelgate check``."""
+        if self.docker_host_origin:
+            return self.docker_host_origin
+        return "supervisor.docker_host" if self.docker_host else "Docker's socket (default)"
 
 
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog"})
@@ -527,11 +533,11 @@ def _supervisor_env(data: dict[str, Any], environ: Mapping[str, str], source: st
     if not isinstance(sup, dict):
         return  # pydantic names the problem
     data["supervisor"] = sup = dict(sup)  # the caller's mapping stays as it was
-    for derived in ("child_env", "docker_host_from"):
+    for derived in ("child_env", "docker_host_origin"):
         if derived in sup:
             raise ConfigError(f"{source}: supervisor.{derived}: set at load, not configurable")
     if not sup.get("docker_host"):
-        sup["docker_host"], sup["docker_host_from"] = choose_docker_host(environ)
+        sup["docker_host"], sup["docker_host_origin"] = choose_docker_host(environ)
     patterns = sup.get("inherit_env", INHERIT_ENV)
     if isinstance(patterns, list | tuple):
         sup["child_env"] = _child_env(tuple(map(str, patterns)), environ, _collect_env_names(data))

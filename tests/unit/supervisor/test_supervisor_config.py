@@ -70,6 +70,10 @@ def test_configured_docker_host_wins_over_the_environment() -> None:
     )
     cfg = build_config({}, source="t", environ=env)
     assert (cfg.supervisor.docker_url, cfg.supervisor.docker_host_from) == ("unix:///env.sock", "DOCKER_HOST")
+    assert build_config({}, source="t", environ={}).supervisor.docker_url.startswith("unix://")
+    from modelgate.config import SupervisorConfig
+
+    assert SupervisorConfig().docker_host_from == "Docker's socket (default)"
     over = {**env, "MODELGATE_SUPERVISOR__DOCKER_HOST": "unix:///over.sock"}
     assert build_config({}, source="t", environ=over).supervisor.docker_url == "unix:///over.sock"
 
@@ -119,7 +123,7 @@ def test_inherit_env_never_admits_modelgate_variables(names: list[str]) -> None:
         build_config({"supervisor": {"inherit_env": names}}, source="t", environ={})
 
 
-@pytest.mark.parametrize("key", ["child_env", "docker_host_from"])
+@pytest.mark.parametrize("key", ["child_env", "docker_host_origin"])
 def test_derived_fields_are_not_configurable(key: str) -> None:
     with pytest.raises(ConfigError, match=f"supervisor.{key}: set at load"):
         build_config({"supervisor": {key: {}}}, source="t", environ={})
