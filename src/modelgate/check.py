@@ -205,15 +205,30 @@ def print_table(rows: list[Row], out: TextIO) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
 
 
+def docker_line(config: Config) -> str | None:
+    """Which Docker Engine API the supervisor uses for container endpoints, and why."""
+    if not any(ep.launch and ep.launch.kind == "container" for m in config.models for ep in m.endpoints):
+        return None
+    sc = config.supervisor
+    return f"containers: Docker API at {sc.docker_url} (from {sc.docker_host_from})"
+
+
 def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     rows = asyncio.run(_probe_all(config))
     unhealthy = [m.id for m in config.models if not any(r.healthy for r in rows if r.model == m.id)]
+    docker = docker_line(config)
     if as_json:
-        out.write(
-            orjson.dumps({"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}).decode() + "\n"
-        )
+        doc: dict[str, Any] = {"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}
+        if docker:
+            doc["docker_host"] = {
+                "url": config.supervisor.docker_url,
+                "from": config.supervisor.docker_host_from,
+            }
+        out.write(orjson.dumps(doc).decode() + "\n")
     else:
         print_table(rows, out)
+        if docker:
+            out.write(f"\n{docker}\n")
         if unhealthy:
             out.write(f"\nno healthy endpoint: {', '.join(unhealthy)}\n")
             for r in rows:  # why, one line each (the detail column may be cut by a terminal)

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--dtype", default="auto")
     w.add_argument("--task", choices=["chat", "embedding"], default="chat")
     w.add_argument("--max-batch-size", type=int, default=32)
+    w.add_argument("--api-keys-file", help="keys clients must send, one a line (MODELGATE_* env is ignored)")
+    w.add_argument("--api-keys-env", help="name of a variable holding comma-separated keys")
+    w.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a key (refused otherwise)",
+    )
 
     c = sub.add_parser("check", help="probe every endpoint; exit 1 if a model has no healthy endpoint")
     c.add_argument("--config", "-c")

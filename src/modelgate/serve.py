@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -44,6 +45,24 @@ def _resolve_bind(config: Config, host: str | None, port: int | None) -> tuple[s
     if problem:
         raise ConfigError(f"{config.source}: {problem}")
     return host, port
+
+
+def _claim(host: str, port: int, reuse_port: bool) -> int:
+    """The port this gateway will really bind (port 0: a free one, picked now), and an error
+    before anything is launched when another process holds it."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family, reuse_port=reuse_port) as sock:
+            return int(sock.getsockname()[1])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def bound(config: Config, host: str, port: int) -> Config:
+    """The config as this process serves it: ``server.host``/``port`` are the address really
+    bound, which (with the config's path) names the supervisor's instance, so gateways
+    started from one config with different ``--port`` never reap each other's children."""
+    return config.model_copy(update={"server": config.server.model_copy(update={"host": host, "port": port})})
 
 
 async def run_server(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -99,6 +118,8 @@ def serve(
     setup_logging(config.server.log_level)
     host, port = _resolve_bind(config, host, port)
     n = workers or config.server.workers
+    port = _claim(host, port, reuse_port=n > 1)
+    config = bound(config, host, port)
     if n <= 1:
         _run_one(config, host, port, reuse_port=False)
         return 0

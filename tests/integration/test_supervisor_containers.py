@@ -293,3 +293,63 @@ async def test_model_volume_without_storage_manager_fails_clearly(
         assert ep.state == "failed" and "no storage manager" in (ep.lc.last_reason or "")
     finally:
         await sup.stop()
+
+
+async def test_socket_from_docker_host_only_ports_on_loopback_and_no_gateway_env(
+    docker: Any, docker_host: str, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No supervisor.docker_host: the socket comes from DOCKER_HOST alone; a published port binds
+    127.0.0.1; the container's environment is the image's plus launch.env, none of the gateway's."""
+    import io
+    import logging
+
+    from modelgate.check import run_check
+
+    port = free_port()
+    launch = {
+        "kind": "container",
+        "image": IMAGE,
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "ports": {"8080": port},
+        "env": {"FROM_LAUNCH": "yes"},
+        "stop_timeout_s": 1,
+    }
+    endpoint = {"url": f"http://127.0.0.1:{port}", "api_key_env": "UPSTREAM_KEY", "launch": launch}
+    raw = {
+        "supervisor": {
+            "instance": instance,
+            "state_dir": str(tmp_path),
+            "health_interval_s": 0.1,
+            "health_timeout_s": 0.5,
+        },
+        "models": [{"id": "m", "backend": "openai", "endpoints": [endpoint]}],
+    }
+    environ = {
+        "DOCKER_HOST": docker_host,
+        "UPSTREAM_KEY": "sk-upstream-secret-0001",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    cfg = build_config(raw, source="test", environ=environ)
+    assert (cfg.supervisor.docker_url, cfg.supervisor.docker_host_from) == (docker_host, "DOCKER_HOST")
+    out = io.StringIO()
+    await asyncio.to_thread(run_check, cfg, out=out)
+    assert f"containers: Docker API at {docker_host} (from DOCKER_HOST)" in out.getvalue()
+
+    sup = Supervisor(cfg)
+    with caplog.at_level(logging.INFO, logger="modelgate.supervisor"):
+        await sup.start()
+    try:
+        assert f"Docker API at {docker_host} (from DOCKER_HOST)" in caplog.text
+        assert await sup.wait_ready(30)  # /health through the port published on loopback
+        cid = sup.lifecycle[f"http://127.0.0.1:{port}"].info()["container_id"]
+        attrs = (await asyncio.to_thread(docker.containers.get, cid)).attrs
+        assert attrs["HostConfig"]["PortBindings"] == {
+            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        }
+        env = attrs["Config"]["Env"]
+        assert "FROM_LAUNCH=yes" in env and "PATH=/bin" in env  # the image's PATH, not the gateway's
+        assert not [e for e in env if "sk-upstream-secret" in e or e.startswith(("UPSTREAM_KEY=", "LANG="))]
+    finally:
+        await sup.stop()
+    assert await ours(docker, instance) == []

@@ -39,15 +39,16 @@ def device_requests(gpus: str | int | None) -> list[Any]:
 def run_kwargs(
     spec: LaunchSpec, labels: Mapping[str, str], extra_volumes: Mapping[str, Mapping[str, str]]
 ) -> dict[str, Any]:
-    """The ``containers.run`` arguments for a launch spec (pure; unit-tested)."""
+    """The ``containers.run`` arguments for a launch spec (pure; unit-tested).  The environment
+    is the image's plus ``launch.env``: nothing of the gateway's own."""
     kwargs: dict[str, Any] = {"labels": dict(labels), "environment": dict(spec.env)}
     if spec.command:
         kwargs["command"] = list(spec.command)
     volumes = {host: dict(v) for host, v in {**spec.volumes, **extra_volumes}.items()}
     if volumes:
         kwargs["volumes"] = volumes
-    if spec.ports:
-        kwargs["ports"] = dict(spec.ports)
+    if spec.ports:  # (address, port): never Docker's default of every interface
+        kwargs["ports"] = {c: (b.host, b.port or None) for c, b in spec.ports.items()}
     if spec.network_mode:
         kwargs["network_mode"] = spec.network_mode
     if spec.memory:

@@ -39,3 +39,9 @@ class VolumeError(SupervisorError):
     """The storage layer could not open or close a model's LUKS volume for a container."""
 
     default_code = "volume_error"
+
+
+class InstanceTaken(SupervisorError):
+    """Another live gateway supervises under the same instance name (it holds its lock)."""
+
+    default_code = "instance_taken"

@@ -142,6 +142,47 @@ class ProcessRecords:
         return out
 
 
+class InstanceLock:
+    """An exclusive ``flock`` on ``<state_dir>/<instance>.lock`` while a supervisor runs: a second
+    gateway with the same instance name refuses to start instead of reaping the first's
+    children as orphans.  The kernel drops the lock when its holder dies, so a crashed
+    gateway's successor takes it over and reaps."""
+
+    def __init__(self, state_dir: Path, instance: str):
+        self.path = state_dir / f"{instance}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        from modelgate.supervisor.errors import InstanceTaken
+
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InstanceTaken(
+                f"another gateway already supervises as instance {self.path.stem!r} ({self.path}); "
+                "give each gateway its own address or supervisor.instance"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing drops the flock
+
+
 def signal_group(pid: int, sig: int) -> None:
     """Signal the process group ``pid`` leads (we launch with a new session), else the pid."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

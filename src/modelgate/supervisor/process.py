@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 
 from modelgate.config import LaunchSpec
 from modelgate.supervisor.errors import LaunchFailed
@@ -22,9 +23,11 @@ from modelgate.supervisor.ownership import ProcessRecord, ProcessRecords, signal
 log = logging.getLogger(__name__)
 
 
-def child_environment(extra: dict[str, str]) -> dict[str, str]:
-    """The gateway's own environment plus ``launch.env``: what ``env=None`` would pass, extended."""
-    return {**os.environ, **extra}
+def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """A child's whole environment: ``base`` (``supervisor.child_env``: what ``inherit_env``
+    admits of the gateway's, read at load) plus ``launch.env``.  Never the gateway's own
+    environment as a whole: its keys and ``MODELGATE_*`` stay with it."""
+    return {**base, **extra}
 
 
 class ProcessRunner:
@@ -38,9 +41,11 @@ class ProcessRunner:
         run_id: str,
         model: str,
         endpoint: str,
+        base_env: Mapping[str, str] | None = None,
         log_lines: int = 50,
     ):
         self._spec = spec
+        self._env = child_environment(base_env or {}, spec.env)
         self._records = records
         self._run_id = run_id
         self._model = model
@@ -70,7 +75,7 @@ class ProcessRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self._spec.cwd,
-                env=child_environment(dict(self._spec.env)),
+                env=self._env,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -32,7 +35,12 @@ from modelgate.supervisor.containers import ContainerRunner, ReapResult, reap_co
 from modelgate.supervisor.docker_api import DockerApi
 from modelgate.supervisor.endpoint import SupervisedEndpoint
 from modelgate.supervisor.health import HealthProbe, HttpHealthProbe
-from modelgate.supervisor.ownership import ProcessRecords, container_labels, reap_orphan_processes
+from modelgate.supervisor.ownership import (
+    InstanceLock,
+    ProcessRecords,
+    container_labels,
+    reap_orphan_processes,
+)
 from modelgate.supervisor.process import ProcessRunner
 from modelgate.supervisor.runner import Runner
 from modelgate.supervisor.state import Backoff, Lifecycle, Thresholds
@@ -42,7 +50,15 @@ log = logging.getLogger(__name__)
 
 
 def instance_name(config: Config) -> str:
-    return config.supervisor.instance or f"modelgate-{config.server.port}"
+    """Who owns this gateway's children: ``supervisor.instance``, else the address the gateway
+    binds (``serve`` puts the really bound one in ``config.server``) and the config file's path,
+    so two gateways from one config on two ports never share a name."""
+    if config.supervisor.instance:
+        return config.supervisor.instance
+    source = config.source if config.source.startswith("<") else os.path.realpath(config.source)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", config.server.host)
+    return f"modelgate-{host}-{config.server.port}-{digest}"
 
 
 def state_dir(config: Config) -> Path:
@@ -74,9 +90,10 @@ class Supervisor:
         self.instance = instance_name(config)
         self.run_id = uuid.uuid4().hex[:12]
         self._records = ProcessRecords(state_dir(config), self.instance)
+        self._lock = InstanceLock(state_dir(config), self.instance)
         specs = supervised(config)
         self._api = (
-            DockerApi(self._sc.docker_host) if any(s.kind == "container" for _, _, s in specs) else None
+            DockerApi(self._sc.docker_url) if any(s.kind == "container" for _, _, s in specs) else None
         )
         self._endpoints: dict[str, SupervisedEndpoint] = {}
         for model, ep, spec in specs:
@@ -103,10 +120,17 @@ class Supervisor:
                 run_id=self.run_id,
                 model=model.id,
                 endpoint=ep.url,
+                base_env=self._sc.child_env,
                 log_lines=self._sc.log_lines,
             )
         else:
             assert self._api is not None
+            if spec.network_mode == "host":
+                log.warning(
+                    "supervisor: %s runs with network_mode host: its server is reachable on every "
+                    "interface it binds (TGI: pass --hostname 127.0.0.1), or publish ports instead",
+                    ep.url,
+                )
             labels = container_labels(self.instance, self.run_id, model.id, ep.url)
             runner = ContainerRunner(spec, self._api, labels=labels)
         lifecycle = Lifecycle(
@@ -151,6 +175,13 @@ class Supervisor:
         """Reap what a previous run left, then launch every supervised endpoint."""
         if not self._endpoints:
             return
+        self._lock.acquire()  # before reaping: never another live gateway's children
+        log.info(
+            "supervisor: instance %s, state in %s%s",
+            self.instance,
+            self._records.dir,
+            f"; Docker API at {self._api.base_url} (from {self._sc.docker_host_from})" if self._api else "",
+        )
         self._http = UpstreamClient()
         await self.reap(initial=True)
         for url, ep in self._endpoints.items():
@@ -170,7 +201,10 @@ class Supervisor:
         return all(ep.state == "ready" for ep in self._endpoints.values())
 
     async def stop(self) -> None:
-        """Stop everything launched (TERM, timeout, KILL / container stop+remove), close volumes."""
+        """Stop everything launched (TERM, timeout, KILL / container stop+remove), close volumes.
+        Nothing when start() did not take the instance's lock: what runs is another gateway's."""
+        if not self._lock.held:
+            return
         tasks = [t for t in (self._reaper, *self._tasks.values()) if t is not None]
         for t in tasks:
             t.cancel()
@@ -191,6 +225,7 @@ class Supervisor:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        self._lock.release()
 
     async def reap(self, *, initial: bool = False) -> ReapResult:
         """Stop orphans of earlier runs; remove our exited/dead containers (never unlabelled ones)."""
@@ -203,7 +238,7 @@ class Supervisor:
             try:
                 await self._api.connect()
             except ModelGateError as exc:  # container endpoints will fail (and retry) on their own
-                log.error("supervisor: %s", exc.message)
+                log.error("supervisor: %s (address from %s)", exc.message, self._sc.docker_host_from)
                 return ReapResult()
         await self._api.connect()
         keep = {cid for ep in self._endpoints.values() if (cid := getattr(ep.runner, "container_id", None))}

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelgate.config import Config, ModelConfig, build_config
+from modelgate.config import ENV_PREFIX, Config, ModelConfig, build_config
 from modelgate.engine.runtime import LocalModel, load_local_model
+from modelgate.errors import ConfigError
+from modelgate.http.addresses import ip_of
 from modelgate.worker.tgi_routes import register_tgi_routes
 
 if TYPE_CHECKING:
@@ -22,7 +26,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelgate.worker")
 
 
-def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
+def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """The worker's config, from its flags alone: ``MODELGATE_*`` variables (a gateway's, perhaps
+    inherited) are ignored, so ``--host``/``--port`` are what it binds and its keys are the ones
+    ``--api-keys-file``/``--api-keys-env`` name, or none."""
     from pathlib import Path
 
     model: dict[str, Any] = {
@@ -39,10 +46,31 @@ def worker_config(args: argparse.Namespace, environ: Any = None) -> Config:
         model["aliases"] = ["tgi"]
     if args.key_file:
         model["key_file"] = args.key_file
-    raw = {"server": {"host": args.host, "port": args.port}, "models": [model]}
-    import os
+    auth = {}
+    if getattr(args, "api_keys_file", None):
+        auth["api_keys_file"] = args.api_keys_file
+    if getattr(args, "api_keys_env", None):
+        auth["api_keys_env"] = args.api_keys_env
+    raw = {"server": {"host": args.host, "port": args.port}, "auth": auth, "models": [model]}
+    env = os.environ if environ is None else environ
+    own = {k: v for k, v in env.items() if not k.upper().startswith(ENV_PREFIX)}
+    config = build_config(raw, source="<modelgate worker>", environ=own)
+    _refuse_open_exposure(config, getattr(args, "allow_unauthenticated", False))
+    return config
 
-    return build_config(raw, source="<modelgate worker>", environ=os.environ if environ is None else environ)
+
+def _refuse_open_exposure(config: Config, allowed: bool) -> None:
+    """A worker reachable from other machines needs a key, or the user's explicit consent."""
+    host = config.server.host
+    ip = ip_of(host)
+    loopback = host == "localhost" or (ip is not None and ip.is_loopback)
+    if not loopback and not config.auth.configured and not allowed:
+        raise ConfigError(
+            f"--host {host} without a key exposes the model to the network: give --api-keys-file or "
+            "--api-keys-env, bind 127.0.0.1, or pass --allow-unauthenticated"
+        )
+    if not loopback and not config.auth.configured:
+        log.warning("worker on %s with no key (--allow-unauthenticated): every route is open", host)
 
 
 def build_worker_app(config: Config, local: LocalModel) -> App:

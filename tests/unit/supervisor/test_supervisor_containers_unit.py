@@ -33,11 +33,46 @@ def test_run_kwargs_full_spec() -> None:
         "/srv/models": {"bind": "/data", "mode": "ro"},
         "/mnt/luks": {"bind": "/weights", "mode": "ro"},
     }
-    assert kw["ports"] == {"80/tcp": 8082} and kw["network_mode"] == "host"
+    assert kw["ports"] == {"80/tcp": ("127.0.0.1", 8082)} and kw["network_mode"] == "host"
     assert kw["mem_limit"] == "8g" and kw["nano_cpus"] == 2_500_000_000
     assert kw["labels"] == {"modelgate.owner": "gw"}
     (req,) = kw["device_requests"]
     assert req["Count"] == -1 and req["Capabilities"] == [["gpu"]]
+
+
+@pytest.mark.parametrize(
+    ("ports", "want"),
+    [
+        ({"80/tcp": 8082}, {"80/tcp": ("127.0.0.1", 8082)}),  # loopback unless an address is named
+        ({"80": "8082"}, {"80": ("127.0.0.1", 8082)}),
+        ({"80": "0.0.0.0:8082"}, {"80": ("0.0.0.0", 8082)}),
+        ({"80": "[::1]:8082"}, {"80": ("::1", 8082)}),
+        ({"80": {"host": "10.0.0.5", "port": 8082}}, {"80": ("10.0.0.5", 8082)}),
+        ({"80": 0}, {"80": ("127.0.0.1", None)}),  # any free port, still on loopback
+        (
+            ["127.0.0.1:8082:80", "8083:81/udp", "[::1]:8084:82"],
+            {
+                "80": ("127.0.0.1", 8082),
+                "81/udp": ("127.0.0.1", 8083),
+                "82": ("::1", 8084),
+            },
+        ),
+    ],
+)
+def test_ports_publish_on_loopback_unless_an_address_is_named(ports: object, want: dict[str, object]) -> None:
+    spec = LaunchSpec.model_validate({"kind": "container", "image": "busybox", "ports": ports})
+    assert run_kwargs(spec, {}, {})["ports"] == want
+
+
+@pytest.mark.parametrize("ports", [{"80": "localhost:8082"}, {"80": "x"}, ["8082"], {"80": 70000}])
+def test_bad_ports_are_config_errors(ports: object) -> None:
+    from modelgate.config import build_config
+    from modelgate.errors import ConfigError
+
+    ep = {"url": "http://127.0.0.1:1", "launch": {"kind": "container", "image": "b", "ports": ports}}
+    raw = {"models": [{"id": "m", "backend": "openai", "endpoints": [ep]}]}
+    with pytest.raises(ConfigError, match=r"models\.0\.endpoints\.0\.launch\.ports"):
+        build_config(raw, source="t", environ={})
 
 
 def test_run_kwargs_minimal() -> None:
