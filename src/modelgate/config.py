@@ -400,12 +400,21 @@ def self_loop(models: tuple[ModelConfig, ...], host: str, port: int) -> str | No
     return None
 
 
+class TelemetryConfig(_Frozen):
+    """Traces over OTLP/HTTP (``modelgate.telemetry``); off unless an endpoint is set."""
+
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318 (/v1/traces is added)
+    service_name: str = "modelgate"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces the client did not already decide
+
+
 class Config(_Frozen):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     health: HealthConfig = HealthConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     models: tuple[ModelConfig, ...] = ()
     source: str = "<embedded default>"
     # Secrets resolved at load (env vars named by *_env fields), so nothing later

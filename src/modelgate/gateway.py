@@ -58,6 +58,8 @@ async def running(config: Config, services: Services) -> AsyncIterator[Router]:
         if services.storage is not None:
             await services.storage.close_all()
         await http.close()
+        if services.tracing is not None:
+            services.tracing.close()  # flushes what is batched
 
 
 def build_gateway(
@@ -67,4 +69,9 @@ def build_gateway(
     extra_routes: Callable[[Routes], None] | None = None,
 ) -> App:
     """The gateway's app: the OpenAI routes (and ``extra_routes``) over ``running``."""
+    services = services or Services()
+    if services.tracing is None and config.telemetry.otlp_endpoint:
+        from modelgate.telemetry import Tracing
+
+        services.tracing = Tracing(config.telemetry)
     return build_app(config, start=running, services=services, extra_routes=extra_routes)

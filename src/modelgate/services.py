@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from modelgate.engine.runtime import LocalModel
+    from modelgate.telemetry import Tracing
 
 
 class ModelStorage(Protocol):
@@ -73,3 +74,4 @@ class Services:
     # models loaded by the process before the app was built (``modelgate worker``): used as
     # they are, never loaded again nor closed by the app
     local_models: Mapping[str, LocalModel] = field(default_factory=dict)
+    tracing: Tracing | None = None  # traces, when telemetry is configured

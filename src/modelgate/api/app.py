@@ -88,6 +88,7 @@ def build_app(
     services = services or Services()
     if services.events is None:
         services.events = metrics
+    state.tracing = services.tracing
     routes = Routes()
     openai_routes.register(routes)
     ops.register(routes)

@@ -32,6 +32,7 @@ from modelgate.types import Usage
 
 if TYPE_CHECKING:
     from modelgate.router.router import Router
+    from modelgate.telemetry import Tracing
 
 log = logging.getLogger("modelgate.api")
 
@@ -55,6 +56,7 @@ class RequestInfo:
     usage: Usage | None = None
     started: float = 0.0  # when the request was resolved to its model
     in_flight: Any = None  # the model's in-flight gauge while it is counted there
+    finish_reasons: tuple[str, ...] = ()  # for traces
 
     def serve(self, model_id: str) -> None:
         """The request is for ``model_id``: counted in flight until the guard ends it."""
@@ -77,6 +79,25 @@ def require_access(principal: Principal | None, model_id: str, name: str) -> Non
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"
         )
+
+
+def _end_span(span: Any, info: RequestInfo, status: int) -> None:
+    from modelgate.telemetry import Tracing
+
+    usage = info.usage
+    Tracing.end_request(
+        span,
+        status,
+        {
+            "gen_ai.operation.name": info.route,
+            "gen_ai.request.model": info.model or None,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else None,
+            "gen_ai.usage.output_tokens": usage.completion_tokens if usage else None,
+            "gen_ai.response.finish_reasons": info.finish_reasons or None,
+            "modelgate.key": info.principal.name if info.principal is not None else None,
+            "modelgate.request_id": info.rid,
+        },
+    )
 
 
 # routes whose answers are generated tokens (prompt and completion counted)
@@ -107,6 +128,7 @@ class State:
     keepalive: KeepAliveClock  # when streams' first SSE keep-alive comments are due
     access: AccessLog = field(default_factory=AccessLog)
     router: Router | None = None
+    tracing: Tracing | None = None  # traces, when telemetry is configured
     draining: bool = False
     started: float = field(default_factory=time.time)
 
@@ -148,6 +170,8 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
     path = request.path
     status = 500
     limits = None
+    tracing = state.tracing
+    span = tracing.request(request.method, path, request.headers) if tracing is not None else None
     try:
         if path not in OPEN_ROUTES:
             principal = info.principal = state.keys.authenticate(
@@ -178,6 +202,8 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
             limits.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
         if route != "other":
             _count(info, status, elapsed)
+        if span is not None:
+            _end_span(span, info, status)
         if state.config.server.access_log:
             state.access.write(
                 {

@@ -72,6 +72,8 @@ async def _generate(request: Request, *, kind: str) -> Response | StreamResponse
     for chunk in chunks:
         agg.add(chunk)
     info.usage = agg.usage
+    if info.state.tracing is not None:
+        info.finish_reasons = agg.finish_reasons()
     created = int(time.time())
     data = (
         agg.chat_body(out_id, body["model"], created)

@@ -21,6 +21,7 @@ from modelgate.http.client import (
     UpstreamClient,
     encode_headers,
 )
+from modelgate.telemetry import upstream_headers
 
 MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused
 _ERROR_BODY = 65536  # how much of an error answer is read to explain it
@@ -66,8 +67,12 @@ class Endpoint:
         )
 
     async def post(self, path: str, body: bytes) -> Response:
-        """POST; a 2xx response is returned open (the caller reads or streams it)."""
-        return await self._send("POST", path, body, self._post_headers)
+        """POST; a 2xx response is returned open (the caller reads or streams it).
+        Inside a traced attempt it carries the attempt's ``traceparent``."""
+        trace = upstream_headers()
+        return await self._send(
+            "POST", path, body, self._post_headers + trace if trace else self._post_headers
+        )
 
     async def get(self, path: str) -> Response:
         """GET, for probes: any status is returned (the caller reads and closes it)."""

@@ -51,6 +51,7 @@ class EndpointPool:
         self._ctx = ctx
         self._lifecycle = lifecycle
         self._events = events
+        self._tracing = ctx.services.tracing
         self.endpoints: list[Endpoint] = []
         self._outlier = OutlierDetector(health, self.endpoints)
         self._budget = RetryBudget(model.retry)
@@ -173,15 +174,15 @@ class EndpointPool:
                             yield out
                 check.end()
                 self._outlier.success(ep, latency if sent else None)
-                self._events.attempt(self.model.id, ep.url, "ok")
+                attempts.ended(ep, "ok")
                 return
             except UpstreamError as exc:
-                self._failed(ep, exc)
+                self._failed(ep, exc, attempts)
                 if sent:
                     raise
                 attempts.retry_or_raise(exc, ep)
             except (asyncio.CancelledError, GeneratorExit):
-                self._events.attempt(self.model.id, ep.url, "cancelled")
+                attempts.ended(ep, "cancelled")
                 raise
             finally:
                 self._release(ep)
@@ -191,9 +192,9 @@ class EndpointPool:
         deadline, no per-chunk machinery; failover as for streams (nothing was sent yet)."""
         return self._call(lambda ep: ep.backend.complete(request), whole)
 
-    def _failed(self, ep: Endpoint, exc: UpstreamError) -> None:
+    def _failed(self, ep: Endpoint, exc: UpstreamError, attempts: _Attempts) -> None:
         self._outlier.failure(ep, exc)
-        self._events.attempt(self.model.id, ep.url, exc.code or type(exc).__name__)
+        attempts.ended(ep, exc.code or type(exc).__name__)
         if not ep.usable:
             self._queue.notify_all()  # waiters may now need to fail fast or go elsewhere
 
@@ -215,18 +216,18 @@ class EndpointPool:
                     expired = self._deadlines.disarm(key)
             except asyncio.CancelledError:
                 if not expired:  # not our deadline: the client went away
-                    self._events.attempt(self.model.id, ep.url, "cancelled")
+                    attempts.ended(ep, "cancelled")
                     raise
                 exc: UpstreamError = _timeout(ep.url)
             except UpstreamError as err:
                 exc = err
             else:
                 self._outlier.success(ep, time.monotonic() - started)
-                self._events.attempt(self.model.id, ep.url, "ok")
+                attempts.ended(ep, "ok")
                 return result
             finally:
                 self._release(ep)
-            self._failed(ep, exc)
+            self._failed(ep, exc, attempts)
             attempts.retry_or_raise(exc, ep)
 
     # --- visibility -----------------------------------------------------------------
@@ -250,7 +251,7 @@ class _Attempts:
     """One request's attempts: admission to an endpoint not tried yet, and whether a
     failure may be retried elsewhere (the prologue and epilogue every call shares)."""
 
-    __slots__ = ("_pool", "count", "last", "tried")
+    __slots__ = ("_parent", "_pool", "_span", "count", "last", "tried")
 
     def __init__(self, pool: EndpointPool) -> None:
         pool._budget.request()
@@ -258,6 +259,8 @@ class _Attempts:
         self.tried: set[str] = set()
         self.last: UpstreamError | None = None
         self.count = 0
+        self._span: Any = None  # the attempt's trace span, when traced
+        self._parent: Any = None
 
     async def next(self) -> Endpoint:
         """The next endpoint (a slot taken on it); when none is left, the last failure."""
@@ -269,7 +272,20 @@ class _Attempts:
                 raise self.last from None
             raise
         self.tried.add(ep.url)
+        tracing = self._pool._tracing
+        if tracing is not None:
+            self._parent = tracing.current()
+            self._span = tracing.attempt(self._pool.model.id, ep.url, self.count)
         return ep
+
+    def ended(self, ep: Endpoint, outcome: str) -> None:
+        """One attempt is over: ``ok``, an error code, or ``cancelled``."""
+        self._pool._events.attempt(self._pool.model.id, ep.url, outcome)
+        span, self._span = self._span, None
+        if span is not None:
+            from modelgate.telemetry import Tracing
+
+            Tracing.end_attempt(span, outcome, self._parent)
 
     def retry_or_raise(self, exc: UpstreamError, ep: Endpoint) -> None:
         """Raise ``exc`` unless it may be retried on another endpoint."""

@@ -54,6 +54,9 @@ class Aggregator:
         self.choices: dict[int, _Choice] = {}
         self.usage: Usage | None = None
 
+    def finish_reasons(self) -> tuple[str, ...]:
+        return tuple(self.choices[i].finish_reason or "" for i in sorted(self.choices))
+
     def add(self, chunk: Chunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
