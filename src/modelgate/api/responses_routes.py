@@ -3,8 +3,29 @@
 
 from __future__ import annotations
 
+from modelgate.api.frontdoor import answer
 from modelgate.api.middleware import Routes
+from modelgate.api.openai_routes import _model, _router, read_json
+from modelgate.http.messages import Request, Response, StreamResponse
+from modelgate.wire import responses
+
+
+async def create(request: Request) -> Response | StreamResponse:
+    info = request.info
+    state = info.state
+    _router(state)
+    info.route = "responses"
+    body = read_json(request)
+    model = _model(state, request, body)
+    req, wire = responses.responses_request(body, model, state.config.limits, info.rid)
+    env = responses.Envelope("resp_" + info.rid, body["model"], wire)
+    return await answer(
+        request,
+        req,
+        lambda chunks: responses.response_body(chunks, env),
+        lambda: responses.EventRenderer(env),
+    )
 
 
 def register(routes: Routes) -> None:
-    return None
+    routes.post("/v1/responses", create)
