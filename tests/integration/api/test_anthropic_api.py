@@ -248,3 +248,41 @@ async def test_x_api_key_and_models_list_in_anthropics_shape(gateway: str) -> No
     ):
         assert r.status == 401
         assert (await r.json())["error"]["code"] == "invalid_api_key"  # an OpenAI route's shape
+
+
+async def test_pings_while_the_first_token_is_slow_then_an_error_event(upstream: FakeOpenAI) -> None:
+    raw = gateway_raw(upstream, server={"sse_keepalive_s": 0.1})
+    raw["models"][0]["timeouts"] = {"first_token_s": 0.8, "idle_s": 3}
+    raw["models"][0]["retry"] = {"max_attempts": 1}
+    async with running_gateway(make_config(raw, environ={"UP_KEY": "x"})) as gw:
+        upstream.plan = [("slow", 0.5)]
+        async with client(gw).messages.stream(model="gpt-test", max_tokens=5, messages=HI) as s:
+            assert (await s.get_final_text()) == "t0 t1 t2 t3 t4 "  # the SDK skips the pings
+        upstream.plan = [("slow", 0.5)]
+        async with aiohttp.ClientSession() as session:
+            post = {"model": "gpt-test", "max_tokens": 5, "messages": HI, "stream": True}
+            async with session.post(gw + "/v1/messages", json=post, headers={"x-api-key": API_KEY}) as r:
+                slow = (await r.read()).decode()
+            upstream.plan = [("hang", 0)]
+            async with session.post(gw + "/v1/messages", json=post, headers={"x-api-key": API_KEY}) as r:
+                timed_out = (await r.read()).decode()
+    frames = [f.split("\n")[0] for f in slow.split("\n\n") if f]
+    assert frames[:2] == ["event: ping", "event: ping"] and "event: message_start" in frames
+    assert frames[-1] == "event: message_stop"
+    frames = [f for f in timed_out.split("\n\n") if f]
+    assert frames[0].startswith("event: ping") and frames[-1].startswith("event: error")
+    assert json.loads(frames[-1].split("\n")[1].removeprefix("data: "))["error"]["type"] == "timeout_error"
+
+
+async def test_openapi_document_has_the_front_doors_with_their_statuses(gateway: str) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(gateway + "/openapi.json", headers={"x-api-key": API_KEY}) as r,
+    ):
+        doc = await r.json()
+    messages = doc["paths"]["/v1/messages"]["post"]["responses"]
+    assert {"400", "401", "403", "404", "429", "529"} <= set(messages) and "503" not in set(messages)
+    assert "/v1/messages/count_tokens" in doc["paths"] and "/v1/responses" in doc["paths"]
+    assert {"model", "max_tokens", "messages"} <= set(
+        doc["components"]["schemas"]["CreateMessageRequest"]["required"]
+    )
