@@ -386,9 +386,9 @@ _TEXT_START = (
     b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
     b'"content_block":{"type":"text","text":""}}\n\n'
 )
-_TEXT_DELTA = (
+_TEXT_DELTA = (  # + the JSON string + b"}}\n\n"
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-    b'"delta":{"type":"text_delta","text":%s}}\n\n'
+    b'"delta":{"type":"text_delta","text":'
 )
 _JSON_DELTA = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
@@ -411,6 +411,7 @@ class EventRenderer:
         "_block",
         "_call",
         "_call_id",
+        "_delta",
         "_finish",
         "_id",
         "_index",
@@ -428,6 +429,7 @@ class EventRenderer:
         self._block: str | None = None  # its type
         self._call: Any = None  # the OpenAI index of the tool call in the open block
         self._call_id: str | None = None
+        self._delta = b""  # the open text block's delta event up to its text
         self._finish: str | None = None
         self._usage: Usage | None = None
         self._tools = False
@@ -454,6 +456,18 @@ class EventRenderer:
         out.append(start)
 
     def event(self, chunk: Chunk) -> bytes | None:
+        # the common case, a piece of text in the open text block: one concatenation
+        if (
+            self._block == "text"
+            and chunk.index == 0
+            and chunk.usage is None
+            and chunk.finish_reason is None
+            and not chunk.tool_calls
+        ):
+            return self._delta + orjson.dumps(chunk.text) + b"}}\n\n" if chunk.text else None
+        return self._event(chunk)
+
+    def _event(self, chunk: Chunk) -> bytes | None:
         out: list[bytes] = [] if self._started else [self._start()]
         if chunk.usage is not None:
             self._usage = chunk.usage
@@ -462,7 +476,8 @@ class EventRenderer:
         if chunk.text:
             if self._block != "text":
                 self._open("text", out, _TEXT_START % (self._index + 1))
-            out.append(_TEXT_DELTA % (self._index, orjson.dumps(chunk.text)))
+                self._delta = _TEXT_DELTA % self._index
+            out.append(self._delta + orjson.dumps(chunk.text) + b"}}\n\n")
         for pos, delta in enumerate(chunk.tool_calls):
             self._tool_delta(delta, pos, out)
         if chunk.finish_reason is not None:

@@ -354,7 +354,18 @@ class EventRenderer:
 
     beat = b": keep-alive\n\n"
 
-    __slots__ = ("_call", "_env", "_finish", "_item", "_output", "_seq", "_started", "_usage")
+    __slots__ = (
+        "_call",
+        "_delta",
+        "_env",
+        "_finish",
+        "_item",
+        "_output",
+        "_seq",
+        "_started",
+        "_texts",
+        "_usage",
+    )
 
     def __init__(self, env: Envelope) -> None:
         self._env = env
@@ -365,6 +376,8 @@ class EventRenderer:
         self._call: Any = None
         self._finish: str | None = None
         self._usage: Usage | None = None
+        self._delta = b""  # the open message's text delta event up to its text
+        self._texts: list[str] | None = None  # the open message's text so far
 
     def _emit(self, out: list[bytes], body: dict[str, Any]) -> None:
         body["sequence_number"] = self._seq
@@ -381,6 +394,7 @@ class EventRenderer:
         if item is None:
             return
         self._item = None
+        self._texts = None
         index = len(self._output)
         if item["type"] == "message":
             text = item.pop("_text")
@@ -408,6 +422,24 @@ class EventRenderer:
         self._output.append(done)
 
     def event(self, chunk: Chunk) -> bytes | None:
+        # the common case, a piece of text in the open message: one concatenation
+        texts = self._texts
+        if (
+            texts is not None
+            and chunk.index == 0
+            and chunk.usage is None
+            and chunk.finish_reason is None
+            and not chunk.tool_calls
+        ):
+            if not chunk.text:
+                return None
+            texts.append(chunk.text)
+            seq = self._seq
+            self._seq = seq + 1
+            return self._delta + orjson.dumps(chunk.text) + b',"sequence_number":%d}\n\n' % seq
+        return self._event(chunk)
+
+    def _event(self, chunk: Chunk) -> bytes | None:
         out: list[bytes] = []
         if not self._started:
             self._start(out)
@@ -443,18 +475,16 @@ class EventRenderer:
                     "part": part,
                 },
             )
-        item["_text"].append(text)
-        self._emit(
-            out,
-            {
-                "type": "response.output_text.delta",
-                "item_id": item["id"],
-                "output_index": index,
-                "content_index": 0,
-                "delta": text,
-                "logprobs": [],
-            },
+        self._texts = item["_text"]
+        self._delta = (
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":'
+            + orjson.dumps(item["id"])
+            + b',"output_index":%d,"content_index":0,"logprobs":[],"delta":' % index
         )
+        self._texts.append(text)
+        seq = self._seq
+        self._seq = seq + 1
+        out.append(self._delta + orjson.dumps(text) + b',"sequence_number":%d}\n\n' % seq)
 
     def _tool_delta(self, delta: Mapping[str, Any], pos: int, out: list[bytes]) -> None:
         call = delta.get("index", pos)
