@@ -1,15 +1,16 @@
 """The front doors' translation cost: chat completions vs Anthropic Messages vs OpenAI
 Responses, on one modelgate process, same run, same upstream.
 
-Upstream: nginx answering chat completions from memory (``bench_gateway``'s answers: a
-400-character JSON answer, and a stream of 20 text chunks plus role, finish and usage
-events).  Messages and Responses requests are translated to that chat request and its
+Upstreams: nginx answering chat completions from memory (``bench_gateway``'s 400-character
+JSON answer), and ``token_upstream.py`` streaming 100 tokens the way vLLM does (each
+event in a write of its own, so that the gateway reads, translates and writes them about
+one at a time).  Messages and Responses requests are translated to that chat request and its
 answer back, so what differs between the rows is the translation alone.  modelgate
 runs as users run it (auth on, JSON access log on), pinned to core 1; wrk and nginx on
 core 0.  Doors take turns within each round; ratios are medians of per-round ratios.
 
 Reports CPU per request of the modelgate process, and per streamed chunk: the stream's
-CPU per request less the JSON answer's, over the 20 text chunks.
+CPU per request less the JSON answer's, over the 100 tokens.
 
     .venv/bin/python bench/bench_frontdoors.py [--seconds 3] [--rounds 3] [--conns 16]
 """
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import (  # noqa: E402
+from bench_gateway import (
     ROOT,
     free_port,
     gateway_config,
@@ -39,7 +40,7 @@ from bench_gateway import (  # noqa: E402
     wait_port,
 )
 
-TEXT_CHUNKS = 20
+TEXT_CHUNKS = 100
 PROMPT = "Say hello in one short sentence."
 DOORS = {
     "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
@@ -61,7 +62,21 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mg-doors-"))
     work.chmod(0o755)
     pj, ps, p_mg = (free_port() for _ in range(3))
-    nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps))], stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(
+        ["nginx", "-c", str(nginx_conf(work, pj, free_port()))], stderr=subprocess.DEVNULL
+    )
+    tokens = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            str(ROOT / "bench/token_upstream.py"),
+            str(ps),
+            str(TEXT_CHUNKS),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     models = [
         {
             "id": "fast",
@@ -97,7 +112,7 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     finally:
-        stop([nginx, mg])
+        stop([nginx, tokens, mg])
     report(rows)
 
 
