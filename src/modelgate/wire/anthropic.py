@@ -200,26 +200,22 @@ def chat_messages(req: MessagesRequest) -> list[dict[str, Any]]:
     system = _text(req.system, "system")
     if system:
         out.append({"role": "system", "content": system})
-    pending: set[str] = set()
+    pending: set[str] = set()  # the last assistant turn's tool_use ids without a result yet
     for i, m in enumerate(req.messages):
         where = f"messages.{i}"
-        if pending and m.role != "user":
+        if m.role == "system":
+            out.append({"role": "system", "content": _text(m.content, where)})
+            continue
+        if m.role == "user" and not isinstance(m.content, str):
+            out.extend(_user(m.content, where, pending))
+        if pending:
             raise InvalidRequest(
                 f"{where}: `tool_use` ids were found without `tool_result` blocks immediately after: "
                 + ", ".join(sorted(pending))
             )
-        if m.role == "system":
-            out.append({"role": "system", "content": _text(m.content, where)})
-        elif isinstance(m.content, str):
+        if isinstance(m.content, str):
             out.append({"role": m.role, "content": m.content})
-        elif m.role == "user":
-            out.extend(_user(m.content, where, pending))
-            if pending:
-                raise InvalidRequest(
-                    f"{where}: `tool_use` ids were found without `tool_result` blocks immediately after: "
-                    + ", ".join(sorted(pending))
-                )
-        else:
+        elif m.role == "assistant":
             msg, pending = _assistant(m.content, where)
             out.append(msg)
     return out
@@ -258,8 +254,13 @@ def chat_body(req: MessagesRequest, limits: LimitsConfig, *, stream: bool) -> di
     extras = set(req.model_extra or ()) - IGNORED
     if extras:
         raise InvalidRequest(f"Unsupported parameter(s): {', '.join(sorted(extras))}.")
-    if req.thinking is not None and req.thinking.get("type") != "disabled":
-        raise InvalidRequest("Extended thinking ('thinking') is not supported by this server; omit it.")
+    # "adaptive" leaves thinking to the model, and not thinking is a valid choice (Claude Code
+    # sends it on every request); a thinking budget is refused
+    if req.thinking is not None and req.thinking.get("type") not in ("disabled", "adaptive"):
+        raise InvalidRequest(
+            "Extended thinking ('thinking': enabled) is not supported by this server; "
+            "omit it or send {type: adaptive} or {type: disabled}."
+        )
     body: dict[str, Any] = {
         "model": req.model,
         "messages": chat_messages(req),
