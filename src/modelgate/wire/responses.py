@@ -49,7 +49,15 @@ class ResponsesRequest(BaseModel):
 
 # accepted, no effect on generation here (echoed where the response object has them)
 IGNORED = frozenset(
-    {"include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier", "stream_options"}
+    {
+        "include",
+        "truncation",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+        "stream_options",
+        "client_metadata",  # Codex's
+    }
 )
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
@@ -155,12 +163,15 @@ def chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
 
 
 def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Function tools; OpenAI's hosted tools (``web_search``, ``file_search``...) and
+    ``namespace`` groups are offers nothing here can honour: not offered to the model
+    (Codex sends them on every request).  Forcing one with ``tool_choice`` is a 400."""
     out = []
     for i, t in enumerate(tools):
-        if t.get("type") != "function" or not t.get("name"):
-            raise InvalidRequest(
-                f"tools.{i}: only function tools are supported (got {t.get('type')!r}).", param=f"tools.{i}"
-            )
+        if t.get("type") != "function":
+            continue
+        if not t.get("name"):
+            raise InvalidRequest(f"tools.{i}: a function tool needs 'name'.", param=f"tools.{i}")
         fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
         out.append({"type": "function", "function": fn})
     return out

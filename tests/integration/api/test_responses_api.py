@@ -140,8 +140,10 @@ async def test_stateful_requests_are_refused_clearly(gateway: str) -> None:
         await c.responses.create(model="gpt-test", input="hi", previous_response_id="resp_1")
     assert chained.value.param == "previous_response_id"
     with pytest.raises(openai.BadRequestError) as hosted:
-        await c.responses.create(model="gpt-test", input="hi", tools=[{"type": "web_search"}])
-    assert hosted.value.param == "tools.0"
+        await c.responses.create(
+            model="gpt-test", input="hi", tools=[{"type": "web_search"}], tool_choice={"type": "web_search"}
+        )
+    assert hosted.value.param == "tool_choice"
     with pytest.raises(openai.NotFoundError):
         await c.responses.create(model="nope", input="hi")
 

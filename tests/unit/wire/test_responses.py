@@ -62,7 +62,7 @@ def test_items_become_one_conversation_in_order() -> None:
         ({"store": True}, "store"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
-        ({"tools": [{"type": "file_search"}]}, "tools.0"),
+        ({"tools": [{"type": "function", "parameters": {}}]}, "tools.0"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"background": True}, "background"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input.0"),
@@ -81,7 +81,12 @@ def test_accepted_parameters_map() -> None:
         store=False,
         include=["reasoning.encrypted_content"],
         max_output_tokens=7,
-        tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True}],
+        tools=[
+            {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True},
+            {"type": "web_search", "external_web_access": False},  # hosted: not offered
+            {"type": "namespace", "name": "agents", "tools": []},
+        ],
+        client_metadata={"session_id": "s"},
         tool_choice={"type": "function", "name": "f"},
         parallel_tool_calls=False,
         text={"format": {"type": "json_object"}},
