@@ -204,11 +204,12 @@ def _format(text: Mapping[str, Any]) -> dict[str, Any] | None:
     )
 
 
-def chat_body(req: ResponsesRequest) -> dict[str, Any]:
+def chat_body(req: ResponsesRequest, limits: LimitsConfig | None = None) -> dict[str, Any]:
     _refuse(req)
     body: dict[str, Any] = {"model": req.model, "messages": chat_messages(req)}
-    if req.max_output_tokens is not None:
-        body["max_tokens"] = req.max_output_tokens
+    if req.max_output_tokens is not None:  # an upper bound: capped at the server's limit
+        cap = limits.max_tokens if limits is not None else req.max_output_tokens
+        body["max_tokens"] = min(req.max_output_tokens, cap)
     for key in ("temperature", "top_p", "user", "parallel_tool_calls"):
         value = getattr(req, key)
         if value is not None:
@@ -230,7 +231,7 @@ def responses_request(
     body: Any, model: ModelConfig, limits: LimitsConfig, request_id: str
 ) -> tuple[GenerationRequest, ResponsesRequest]:
     req: ResponsesRequest = convert.validate(ResponsesRequest, body)
-    return convert.chat_request(chat_body(req), model, limits, request_id), req
+    return convert.chat_request(chat_body(req, limits), model, limits, request_id), req
 
 
 # --- answers -----------------------------------------------------------------------------

@@ -75,6 +75,15 @@ def test_what_needs_a_store_or_is_not_here_is_a_clear_400(extra: dict[str, Any],
     assert exc.value.param == param
 
 
+def test_max_output_tokens_is_capped_at_the_servers_limit() -> None:
+    from modelgate.config import LimitsConfig
+
+    req = responses.convert.validate(
+        responses.ResponsesRequest, {"model": "m", "input": "q", "max_output_tokens": 10**6}
+    )
+    assert responses.chat_body(req, LimitsConfig(max_tokens=100))["max_tokens"] == 100
+
+
 def test_accepted_parameters_map() -> None:
     body = translate(
         input="q",
