@@ -47,10 +47,36 @@ class ModelGateError(Exception):
             }
         }
 
+    def to_anthropic(self) -> tuple[int, dict[str, Any]]:
+        """The status and body an Anthropic client expects (``/v1/messages``): the
+        status maps through ``ANTHROPIC_ERRORS``; 503 (overloaded, no healthy endpoint,
+        out of memory, shutting down) is Anthropic's 529 ``overloaded_error``."""
+        status, kind = ANTHROPIC_ERRORS.get(self.status, (self.status, _anthropic_default(self.status)))
+        return status, {"type": "error", "error": {"type": kind, "message": self.message}}
+
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(max(1, round(self.retry_after + 0.499)))}
+
+
+# Our status -> Anthropic's status and ``error.type`` (docs.claude.com/en/api/errors).
+ANTHROPIC_ERRORS: dict[int, tuple[int, str]] = {
+    400: (400, "invalid_request_error"),
+    401: (401, "authentication_error"),
+    403: (403, "permission_error"),
+    404: (404, "not_found_error"),
+    413: (413, "request_too_large"),
+    429: (429, "rate_limit_error"),
+    500: (500, "api_error"),
+    502: (502, "api_error"),
+    503: (529, "overloaded_error"),
+    504: (504, "timeout_error"),
+}
+
+
+def _anthropic_default(status: int) -> str:
+    return "invalid_request_error" if status < 500 else "api_error"
 
 
 # --- client errors -----------------------------------------------------------------

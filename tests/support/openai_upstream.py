@@ -4,7 +4,9 @@
 ``ok``, ``("status", code, body, headers)``, ``("slow", seconds)``, ``("cut", k)``
 (stream k tokens then drop the connection), ``("error_then_done", k)``, ``"garbage"``,
 ``"truncated"``, ``"bad_sse"``, ``("hang", k)`` (k tokens then wait until the client
-goes away, recording the cancellation).  Every request body is recorded.
+goes away, recording the cancellation), ``("tools", text, [(name, arguments), ...])`` (some
+text, then tool calls the way vLLM sends them: ids ``chatcmpl-tool-…``, streamed arguments
+in pieces, the second call's first piece in the event with its id and name).  Every request body is recorded.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class FakeOpenAI:
             return web.Response(body=b"<html>hello</html>", content_type="application/json")
         if kind == "truncated":
             return web.Response(body=b'{"id": "x", "choices": [', content_type="application/json")
+        if kind == "tools":
+            return await self._tools(request, body, step[1], step[2])
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -136,6 +140,61 @@ class FakeOpenAI:
                 }
             )
         return await self._stream(request, kind, step)
+
+    async def _tools(
+        self, request: web.Request, body: dict[str, Any], text: str, calls: list[tuple[str, str]]
+    ) -> web.StreamResponse:
+        ids = [f"chatcmpl-tool-{i}abc" for i in range(len(calls))]
+        usage = {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20}
+        if not body.get("stream"):
+            message = {
+                "role": "assistant",
+                "content": text or None,
+                "tool_calls": [
+                    {"id": ids[i], "type": "function", "function": {"name": n, "arguments": a}}
+                    for i, (n, a) in enumerate(calls)
+                ],
+            }
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            return web.json_response(
+                {
+                    "id": "up-t",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": self.model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_chunk(self.model, {"role": "assistant", "content": ""}))
+        if text:
+            await resp.write(_chunk(self.model, {"content": text}))
+        for i, (name, args) in enumerate(calls):
+            half = len(args) // 2
+            head: dict[str, Any] = {"id": ids[i], "type": "function", "index": i, "function": {"name": name}}
+            if i == 0:
+                await resp.write(_chunk(self.model, {"tool_calls": [head]}))
+                pieces = [args[:half], args[half:]]
+            else:  # the first piece of the arguments together with the id and name
+                head["function"]["arguments"] = args[:half]
+                await resp.write(_chunk(self.model, {"tool_calls": [head]}))
+                pieces = [args[half:]]
+            for piece in pieces:
+                delta = {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
+                await resp.write(_chunk(self.model, delta))
+        await resp.write(_chunk(self.model, {}, "tool_calls"))
+        tail = {
+            "id": "up-t",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
+        await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\ndata: [DONE]\n\n")
+        return resp
 
     async def _stream(self, request: web.Request, kind: str, step: Any) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from modelgate.api import openai_routes, ops
+from modelgate.api import anthropic_routes, openai_routes, ops, responses_routes
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import Routes, State
 from modelgate.api.streaming import KeepAliveClock
@@ -91,6 +91,8 @@ def build_app(
     state.tracing = services.tracing
     routes = Routes()
     openai_routes.register(routes)
+    anthropic_routes.register(routes)
+    responses_routes.register(routes)
     ops.register(routes)
     if extra_routes is not None:
         extra_routes(routes)

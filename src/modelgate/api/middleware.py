@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -101,7 +101,7 @@ def _end_span(span: Any, info: RequestInfo, status: int) -> None:
 
 
 # routes whose answers are generated tokens (prompt and completion counted)
-_GENERATION_ROUTES = frozenset({"chat", "completion"})
+_GENERATION_ROUTES = frozenset({"chat", "completion", "messages", "responses"})
 
 
 def _count(info: RequestInfo, status: int, elapsed: float) -> None:
@@ -154,14 +154,25 @@ def error_response(exc: ModelGateError, rid: str) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
+# an error as the route's API shapes it (OpenAI's by default; Anthropic's on /v1/messages)
+ErrorRenderer = Callable[[ModelGateError, str], Response]
 
 
-def guarded(handler: Handler) -> Handler:
+def credentials(headers: Mapping[str, str]) -> str | None:
+    """The Authorization header, or Anthropic's ``x-api-key`` as a bearer token (which
+    Anthropic prefers when a client sends both)."""
+    key = headers.get("x-api-key")
+    return "Bearer " + key if key else headers.get("authorization")
+
+
+def guarded(handler: Handler, errors: ErrorRenderer = error_response) -> Handler:
     # a partial, not a closure that awaits _guard: one coroutine frame per request
-    return functools.partial(_guard, handler=handler)
+    return functools.partial(_guard, handler=handler, errors=errors)
 
 
-async def _guard(request: Request, *, handler: Handler) -> Response | StreamResponse:
+async def _guard(
+    request: Request, *, handler: Handler, errors: ErrorRenderer = error_response
+) -> Response | StreamResponse:
     state = state_of(request)
     start = time.perf_counter()
     incoming = request.headers.get("x-request-id")
@@ -175,7 +186,7 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
     try:
         if path not in OPEN_ROUTES:
             principal = info.principal = state.keys.authenticate(
-                request.headers.get("authorization"), request.remote, scope=_scope(path)
+                credentials(request.headers), request.remote, scope=_scope(path)
             )
             if principal.limits is not None:
                 principal.limits.acquire()
@@ -186,15 +197,16 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
             response.headers["x-request-id"] = rid
         return response
     except ModelGateError as exc:
-        status = exc.status
-        return error_response(exc, rid)
+        failed = errors(exc, rid)
+        status = failed.status
+        return failed
     except (asyncio.CancelledError, ConnectionError):
         status = 499  # the client went away before its answer was whole
         raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": rid, "path": path})
         status = 500
-        return error_response(InternalError("The server had an error while processing your request."), rid)
+        return errors(InternalError("The server had an error while processing your request."), rid)
     finally:
         elapsed = time.perf_counter() - start
         model, route, usage = info.model, info.route, info.usage
@@ -230,13 +242,13 @@ class Routes:
         self._not_found = guarded(_not_found)
         self._not_allowed = guarded(_not_allowed)
 
-    def get(self, path: str, handler: Handler) -> None:
-        self._add("GET", path, handler)
+    def get(self, path: str, handler: Handler, errors: ErrorRenderer = error_response) -> None:
+        self._add("GET", path, handler, errors)
 
-    def post(self, path: str, handler: Handler) -> None:
-        self._add("POST", path, handler)
+    def post(self, path: str, handler: Handler, errors: ErrorRenderer = error_response) -> None:
+        self._add("POST", path, handler, errors)
 
-    def _add(self, method: str, path: str, handler: Handler) -> None:
+    def _add(self, method: str, path: str, handler: Handler, errors: ErrorRenderer = error_response) -> None:
         prefix, brace, name = path.partition("{")
         if brace:
             if not name.endswith("}") or not prefix.endswith("/"):
@@ -247,7 +259,7 @@ class Routes:
                 self._prefixed.append((prefix, name[:-1], methods))
         else:
             methods = self._exact.setdefault(path, {})
-        methods[method] = guarded(handler)
+        methods[method] = guarded(handler, errors)
 
     def has(self, method: str, path: str) -> bool:
         return method in self._exact.get(path, {})

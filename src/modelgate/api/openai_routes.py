@@ -15,7 +15,7 @@ from modelgate.errors import InvalidRequest, ShuttingDown, UnsupportedMediaType
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.router.router import ModelHandle, Router
 from modelgate.types import Chunk, GenerationRequest, Usage
-from modelgate.wire import convert, render
+from modelgate.wire import anthropic, convert, render
 
 _JSON_TYPES = frozenset({"application/json", ""})
 
@@ -145,6 +145,8 @@ async def list_models(request: Request) -> Response:
             continue
         for name in (m.id, *m.aliases):
             rows.append((name, "modelgate"))
+    if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
+        return Response(body=orjson.dumps(anthropic.models_body([r[0] for r in rows], state.started)))
     return Response(body=orjson.dumps(render.models_body(rows, created)))
 
 
@@ -153,6 +155,8 @@ async def get_model(request: Request) -> Response:
     name = request.match_info["model"]
     model = _router(state).resolve(name).model
     require_access(request.info.principal, model.id, name)
+    if "anthropic-version" in request.headers:
+        return Response(body=orjson.dumps(anthropic.model_info(name, state.started)))
     body = {"id": name, "object": "model", "created": int(state.started), "owned_by": "modelgate"}
     return Response(body=orjson.dumps(body))
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from modelgate.wire.anthropic import CountTokensRequest, MessagesRequest
 from modelgate.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequestIn
+from modelgate.wire.responses import ResponsesRequest
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -39,6 +41,40 @@ _ERRORS = {
     "503": "No healthy endpoint, overloaded or shutting down (Retry-After)",
     "504": "Upstream timeout",
 }
+
+# /v1/messages: Anthropic's shape, ``{"type": "error", "error": {"type", "message"}}``, and statuses
+ANTHROPIC_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_ANTHROPIC_ERRORS = {
+    "400": "invalid_request_error",
+    "401": "authentication_error",
+    "403": "permission_error",
+    "404": "not_found_error",
+    "413": "request_too_large",
+    "429": "rate_limit_error (a key's limits, or every endpoint busy)",
+    "500": "api_error",
+    "502": "api_error (bad upstream answer)",
+    "504": "timeout_error (upstream timeout)",
+    "529": "overloaded_error (no healthy endpoint, overloaded, out of memory, shutting down)",
+}
+
+
+def _anthropic(op: dict[str, Any]) -> dict[str, Any]:
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}
+    responses = {code: {"description": text, "content": ref} for code, text in _ANTHROPIC_ERRORS.items()}
+    op["post"]["responses"] = {"200": op["post"]["responses"]["200"], **responses}
+    op["post"]["security"] = [{"bearer": []}, {"x-api-key": []}]
+    return op
 
 
 def _errors() -> dict[str, Any]:
@@ -82,11 +118,14 @@ def _get(
 
 @cache
 def document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "AnthropicError": ANTHROPIC_ERROR_SCHEMA}
     for model, name in (
         (ChatCompletionRequest, "CreateChatCompletionRequest"),
         (CompletionRequest, "CreateCompletionRequest"),
         (EmbeddingRequestIn, "CreateEmbeddingRequest"),
+        (MessagesRequest, "CreateMessageRequest"),
+        (CountTokensRequest, "CountTokensRequest"),
+        (ResponsesRequest, "CreateResponse"),
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -96,7 +135,10 @@ def document() -> dict[str, Any]:
         "info": {"title": "modelgate", "version": "0.1.0"},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
         "paths": {
             "/v1/chat/completions": _post(
@@ -104,6 +146,13 @@ def document() -> dict[str, Any]:
             ),
             "/v1/completions": _post(CompletionRequest, "CreateCompletionRequest", "Text completion", True),
             "/v1/embeddings": _post(EmbeddingRequestIn, "CreateEmbeddingRequest", "Embeddings", False),
+            "/v1/messages": _anthropic(
+                _post(MessagesRequest, "CreateMessageRequest", "Anthropic Messages", True)
+            ),
+            "/v1/messages/count_tokens": _anthropic(
+                _post(CountTokensRequest, "CountTokensRequest", "Anthropic count_tokens", False)
+            ),
+            "/v1/responses": _post(ResponsesRequest, "CreateResponse", "OpenAI Responses (stateless)", True),
             "/v1/models": _get("List models"),
             "/v1/models/{model}": _get("One model", codes=("401", "403", "404", "500")),
             "/health": _get("Liveness", secured=False, codes=()),

@@ -61,10 +61,11 @@ class KeepAlive:
     is not content: failover before the first token stays unseen.  A key on the app's
     ``KeepAliveClock`` while nothing is slow; a task of its own only once it is."""
 
-    __slots__ = ("_clock", "_key", "_request", "_task", "response")
+    __slots__ = ("_beat_bytes", "_clock", "_key", "_request", "_task", "response")
 
-    def __init__(self, request: Request, clock: KeepAliveClock) -> None:
+    def __init__(self, request: Request, clock: KeepAliveClock, beat: bytes = b": keep-alive\n\n") -> None:
         self._request = request
+        self._beat_bytes = beat  # what each beat writes (Anthropic's streams: a ping event)
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._key = clock.arm(self._start) if clock.delay > 0 else None
@@ -78,7 +79,7 @@ class KeepAlive:
         resp = self.response = sse_response(self._request.info.rid)
         await resp.prepare(self._request)  # no await inside suspends: never cut halfway
         while True:
-            await resp.write(b": keep-alive\n\n")
+            await resp.write(self._beat_bytes)
             await asyncio.sleep(self._clock.delay)
 
     async def stop(self) -> None:
