@@ -107,8 +107,12 @@ async def _guard(request: Request, *, handler: Handler) -> Response | StreamResp
     limits = None
     try:
         if path not in OPEN_ROUTES:
+            headers = request.headers
             principal = info.principal = state.keys.authenticate(
-                request.headers.get("authorization"), request.remote, scope=_scope(path)
+                headers.get("authorization"),
+                request.remote,
+                scope=_scope(path),
+                forwarded=headers.get("x-forwarded-for"),
             )
             if principal.limits is not None:
                 principal.limits.acquire()
