@@ -60,7 +60,7 @@ class TGIBackend:
         self._endpoint = endpoint
         self._ctx = ctx
         self._url = endpoint.url
-        self._where = f"upstream {endpoint.url}"
+        self._where = f"upstream {model.endpoint_name(endpoint.url)}"  # never the URL: clients see it
         self._client = ctx.http or http.upstream_client()  # its own when none is lent
         self._own_http = self._client if ctx.http is None else None
         self._up = http.Endpoint(
@@ -68,6 +68,7 @@ class TGIBackend:
             self._url,
             headers={"Content-Type": "application/json", "Accept": "text/event-stream, application/json"},
             connect_s=model.timeouts.connect_s,
+            name=model.endpoint_name(endpoint.url),
         )
         self._info: dict[str, Any] | None = None
         self._tok_dir = self._tokenizer_dir()
