@@ -38,6 +38,13 @@ async def test_a_thousand_simultaneous_requests_are_shed_with_retry_after(tmp_pa
     ):
         async with http.post(base + "/v1/chat/completions", json={**body, "max_tokens": 1}) as r:
             assert r.status == 200  # loaded and warm
+        # a prompt of megabytes, far over the 2048-token context: refused once a
+        # piece of it is counted (tokenized in a thread, never on the event loop)
+        huge = {**body, "messages": [{"role": "user", "content": "hello world " * 160_000}]}
+        async with http.post(base + "/v1/chat/completions", json=huge) as r:
+            error = (await r.json())["error"]
+        assert r.status == 400 and error["code"] == "context_length_exceeded", error
+        assert "more than 2048 tokens" in error["message"]
         async with http.get(base + "/admin/endpoints") as r:
             endpoint = (await r.json())["models"][0]["endpoints"][0]
         assert endpoint["max_in_flight"] == 4 and endpoint["name"] == "demo#0"

@@ -42,6 +42,11 @@ from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, Generation
 
 _MAX_BODY = 16 * 1024 * 1024
 _MESSAGES_SINCE = (1, 4)
+_INLINE_CHARS = 16384  # prompts up to this many characters are rendered on the loop (< 1 ms)
+
+
+def _chars(request: GenerationRequest) -> int:
+    return len(request.prompt or "") + sum(len(m.content or "") for m in request.messages)
 
 
 def _version(text: Any) -> tuple[int, ...]:
@@ -155,8 +160,12 @@ class TGIBackend:
                 yield chunk
             return
         self.check(request)
-        prompt = self._prompt(request)
-        prompt_tokens = self._counter.count(prompt) if self._counter else None
+        # template and tokenizer: seconds for a prompt of megabytes, so a large one
+        # is rendered and counted in a thread, never on the event loop
+        if _chars(request) > _INLINE_CHARS:
+            prompt, prompt_tokens = await asyncio.to_thread(self._render, request)
+        else:
+            prompt, prompt_tokens = self._render(request)
         check_limits(request, self._info, prompt_tokens)
         body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, self._info)})
         if request.stream:
@@ -169,6 +178,13 @@ class TGIBackend:
         else:
             for chunk in await self._whole(await self._post("/generate", body), request, prompt_tokens):
                 yield chunk
+
+    def _render(self, request: GenerationRequest) -> tuple[str, int | None]:
+        prompt = self._prompt(request)
+        info = self._info or {}
+        limit = info.get("max_input_tokens") or info.get("max_input_length")
+        limit = limit if isinstance(limit, int) else None  # past it, counting may stop early
+        return prompt, self._counter.count(prompt, limit) if self._counter else None
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.kind == "completion":
