@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelgate.backends.registry import backend_spec
 from modelgate.errors import ConfigError
-from modelgate.http.addresses import ip_of, is_link_local
+from modelgate.http.addresses import ip_of, is_metadata
 
 ENV_PREFIX = "MODELGATE_"
 
@@ -47,6 +47,19 @@ class ServerConfig(_Frozen):
     log_prompts: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cache_dir: str | None = None  # where the embedded default's demo model lives
+    # proxies (addresses or CIDRs) whose X-Forwarded-For names the client, for the
+    # failed-authentication throttle; nobody else's header is believed
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR network") from None
+        return value
 
 
 class LimitsConfig(_Frozen):
@@ -295,7 +308,7 @@ class EndpointConfig(_Frozen):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.hostname in _METADATA_HOSTS or is_link_local(parts.hostname):
+        if parts.hostname in _METADATA_HOSTS or is_metadata(parts.hostname):
             raise ValueError("link-local / metadata addresses are never allowed as upstreams")
         return url.rstrip("/")
 
@@ -352,6 +365,14 @@ class ModelConfig(_Frozen):
     def in_process(self) -> bool:
         """Served by an engine in this process (the backend registry says which)."""
         return backend_spec(self.backend).in_process
+
+    def endpoint_name(self, url: str) -> str:
+        """An endpoint as clients see it named (error bodies, ``/ready``):
+        ``<model id>#<position>``, never its URL (logs and ``/admin`` keep that)."""
+        for i, ep in enumerate(self.endpoints):
+            if url == ep.url or url.startswith(ep.url + "/"):
+                return f"{self.id}#{i}"
+        return f"{self.id}#0"  # the in-process engine
 
     @model_validator(mode="after")
     def _by_backend(self) -> ModelConfig:

@@ -104,7 +104,7 @@ def test_unreadable_key_file(tmp_path: Path) -> None:
     from modelgate.api.auth import KeyStore
 
     cfg = build_config({"auth": {"api_keys_file": str(tmp_path / "missing")}}, source="cfg.yaml", environ={})
-    with pytest.raises(ConfigError, match=r"cfg.yaml: cannot read key file .*missing"):
+    with pytest.raises(ConfigError, match=r"cfg.yaml: API key file .*missing does not exist"):
         KeyStore(cfg)
     assert os.environ is not None
 
@@ -118,6 +118,11 @@ def test_unreadable_key_file(tmp_path: Path) -> None:
         "169.254.43518",
         "[::ffff:169.254.169.254]",
         "[fe80::1]",
+        "[fd00:ec2::254]",  # AWS's IPv6 metadata endpoint
+        "[fd00:ec2:0::254]",
+        "100.100.100.200",  # Alibaba Cloud's
+        "1684301000",
+        "[::ffff:100.100.100.200]",
     ],
 )
 def test_link_local_upstreams_are_refused_in_every_notation(host: str) -> None:

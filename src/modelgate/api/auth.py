@@ -1,31 +1,38 @@
 """API keys: loaded once, kept only as HMAC-SHA256 digests, compared in constant time.
 
-Keys come from config, a file (one key per line, ``#`` comments) or an environment
-variable (comma-separated; resolved by ``config.py``).  Each key may be scoped to
-models, limited (requests and tokens per minute, requests in flight: ``limits.py``)
-and given an expiry.  Admin keys reach ``/admin/*`` and nothing else needs them.
-Repeated failures from one client address are rate-limited.  A store built with
-``previous`` (SIGHUP) reads the key files again and keeps what the unchanged keys
-used of their limits and the failure counts.
+Keys come from config, a file (one key per line, ``#`` comments; refused when it is
+open to group or others, as model key files are) or an environment variable
+(comma-separated; resolved by ``config.py``).  Any of them may give a key as its
+digest instead, ``sha256:<64 hex>`` (the SHA-256 of the key), so the configuration
+need not hold the key itself.  Each key may be scoped to models, limited (requests
+and tokens per minute, requests in flight: ``limits.py``) and given an expiry.
+Admin keys reach ``/admin/*`` and nothing else needs them.  Repeated failures from
+one client address are throttled (``throttle.py``); a valid key never is.  A store
+built with ``previous`` (SIGHUP) reads the key files again and keeps what the
+unchanged keys used of their limits and the failure counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 from modelgate.api.limits import KeyLimits
+from modelgate.api.throttle import FailureThrottle, client_address, parse_networks
 from modelgate.config import ApiKey, AuthConfig, Config, KeyEntry
-from modelgate.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
+from modelgate.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from modelgate.storage.errors import KeyUnavailable
+from modelgate.storage.keys import check_key_file
 
 FAILURES_PER_MINUTE = 30
+_DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 Scope = Literal["inference", "admin", "any"]
 
 
@@ -46,7 +53,9 @@ ANONYMOUS = Principal("anonymous", admin=True, models=None)
 
 def _read_key_file(path: str, source: str) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = check_key_file(path).read_text(encoding="utf-8")
+    except KeyUnavailable as exc:
+        raise ConfigError(f"{source}: API {exc.message}") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read key file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -62,7 +71,10 @@ class KeyStore:
         # whose name and limits did not change
         self._kept = previous._limits if previous is not None else {}
         self._limits: dict[tuple[str, int | None, int | None, int | None], KeyLimits] = {}
-        self._failures: dict[str, list[float]] = previous._failures if previous is not None else {}
+        self._failures: FailureThrottle = (
+            previous._failures if previous is not None else FailureThrottle(FAILURES_PER_MINUTE)
+        )
+        self._trusted = parse_networks(config.server.trusted_proxies)
         # keyed once; each lookup copies the keyed state (cheaper than a fresh HMAC)
         self._mac = hmac.new(secrets.token_bytes(32), digestmod=hashlib.sha256)
         # digest prefix -> (full digest, principal): found by the prefix, then the whole
@@ -76,14 +88,27 @@ class KeyStore:
             raise ConfigError(f"{config.source}: auth is configured but no key could be loaded")
 
     def _digest(self, key: str) -> bytes:
+        # the HMAC of the key's SHA-256, so that a key configured as its digest
+        # (``sha256:<hex>``) is found by the same lookup as one given in plaintext
+        return self._keyed(hashlib.sha256(key.encode("utf-8")).digest())
+
+    def _keyed(self, sha: bytes) -> bytes:
         mac = self._mac.copy()
-        mac.update(key.encode("utf-8"))
+        mac.update(sha)
         return mac.digest()
 
     def _add(self, key: str, principal: Principal, source: str) -> None:
-        if len(key) < 16:
+        given = _DIGEST.match(key)
+        if given is not None:
+            digest = self._keyed(bytes.fromhex(given.group(1)))
+        elif key.startswith("sha256:"):
+            raise ConfigError(
+                f"{source}: API key {principal.name!r}: a digest is 'sha256:' and 64 hex characters"
+            )
+        elif len(key) < 16:
             raise ConfigError(f"{source}: API key {principal.name!r} is shorter than 16 characters")
-        digest = self._digest(key)
+        else:
+            digest = self._digest(key)
         self._keys.setdefault(digest[:8], []).append((digest, principal))
 
     def _load(
@@ -115,19 +140,23 @@ class KeyStore:
             for i, key in enumerate(k.strip() for k in config.secret(env).split(",") if k.strip()):
                 self._add(key, Principal(f"{kind}-env-{i}", admin, None), src)
 
-    def authenticate(self, header: str | None, client: str, *, scope: Scope) -> Principal:
+    def authenticate(
+        self, header: str | None, client: str, *, scope: Scope, forwarded: str | None = None
+    ) -> Principal:
+        """The key's principal; ``client`` is the peer's address and ``forwarded`` its
+        ``X-Forwarded-For`` (believed from ``server.trusted_proxies`` only), by which
+        failures are throttled."""
         if not self.enabled:
             return ANONYMOUS
-        self._throttle(client)
         token = None
         if header and header[:7].lower() == "bearer ":
             token = header[7:].strip()
         principal = self._lookup(token) if token else None
         if principal is None:
-            self._fail(client)
+            self._fail(client, forwarded)
             raise AuthenticationFailed("Incorrect API key provided." if token else "Missing API key.")
         if principal.expires_at is not None and time.time() >= principal.expires_at:
-            self._fail(client)
+            self._fail(client, forwarded)
             raise AuthenticationFailed("This API key has expired.")
         if scope == "admin" and not principal.admin:
             raise PermissionDenied("This key may not use the admin API.")
@@ -174,17 +203,8 @@ class KeyStore:
                 return principal
         return None
 
-    def _throttle(self, client: str) -> None:
-        times = self._failures.get(client)
-        if times and len(times) >= FAILURES_PER_MINUTE:
-            now = time.monotonic()
-            times[:] = [t for t in times if now - t < 60]
-            if len(times) >= FAILURES_PER_MINUTE:
-                raise RateLimited(
-                    "Too many failed authentication attempts.", retry_after=60 - (now - times[0])
-                )
-
-    def _fail(self, client: str) -> None:
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        self._failures.setdefault(client, []).append(time.monotonic())
+    def _fail(self, client: str, forwarded: str | None) -> None:
+        """Count a failure against the client; past its allowance, 429 instead of 401."""
+        address = client_address(client, forwarded, self._trusted)
+        self._failures.check(address)
+        self._failures.fail(address)

@@ -3,8 +3,9 @@
 Each per-minute limit is a bucket that holds one minute's allowance and refills
 continuously, so a key may burst up to its limit and then goes at the limit's pace.
 Tokens are known only once an answer is done: they are taken from the bucket then
-(prompt and completion, as the upstream counted them), and a key whose bucket is
-empty waits until it has refilled.  A request over any limit is a 429 with an integer
+(prompt and completion, as the upstream counted them; for a stream cut short, what
+``streaming.py`` counted going by), and a key whose bucket is empty waits until it
+has refilled.  A request over any limit is a 429 with an integer
 ``Retry-After``.  The counts live in this process: with ``--workers N`` each worker
 enforces them on its own.
 """

@@ -185,8 +185,12 @@ async def _guard(
     span = tracing.request(request.method, path, request.headers) if tracing is not None else None
     try:
         if path not in OPEN_ROUTES:
+            headers = request.headers
             principal = info.principal = state.keys.authenticate(
-                credentials(request.headers), request.remote, scope=_scope(path)
+                credentials(headers),
+                request.remote,
+                scope=_scope(path),
+                forwarded=headers.get("x-forwarded-for"),
             )
             if principal.limits is not None:
                 principal.limits.acquire()

@@ -6,7 +6,9 @@ from typing import Any
 
 import orjson
 
+from modelgate.api.auth import Principal
 from modelgate.api.middleware import Routes, state_of
+from modelgate.errors import ModelGateError
 from modelgate.http.messages import Request, Response
 from modelgate.services import Services
 
@@ -43,13 +45,35 @@ async def health(request: Request) -> Response:
     return _json({"status": "ok"})
 
 
+def _caller(request: Request) -> Principal | None:
+    """Who asks, when they show a valid key (or none is needed); else None."""
+    keys = state_of(request).keys
+    header = request.headers.get("authorization")
+    if keys.enabled and not header:
+        return None
+    try:
+        return keys.authenticate(
+            header, request.remote, scope="any", forwarded=request.headers.get("x-forwarded-for")
+        )
+    except ModelGateError:
+        return None
+
+
 async def ready(request: Request) -> Response:
+    """Ready or not, for anyone (load balancers, orchestrators); which models are not
+    and why only for a key holder, and only the models that key may use."""
     state = state_of(request)
+    caller = _caller(request)
     if state.draining:
-        return _json({"status": "draining", "models": {}}, status=503)
+        body: dict[str, Any] = {"status": "draining"}
+        if caller is not None:
+            body["models"] = {}
+        return _json(body, status=503)
     models = model_readiness(request)
     ok = all(reason is None for reason in models.values())
-    body = {"status": "ready" if ok else "not_ready", "models": {k: v or "ready" for k, v in models.items()}}
+    body = {"status": "ready" if ok else "not_ready"}
+    if caller is not None:
+        body["models"] = {k: v or "ready" for k, v in models.items() if caller.may_use(k)}
     return _json(body, status=200 if ok else 503)
 
 

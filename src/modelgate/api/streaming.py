@@ -17,7 +17,7 @@ import orjson
 from modelgate.errors import InternalError, ModelGateError
 from modelgate.http.messages import Request, StreamResponse
 from modelgate.timers import FixedDelay
-from modelgate.types import Chunk, GenerationRequest
+from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire.render import ChunkRenderer
 
 log = logging.getLogger("modelgate.stream")
@@ -109,6 +109,13 @@ async def fail_stream(resp: StreamResponse, exc: BaseException, rid: str, pendin
     await resp.write(b"".join(pending))
 
 
+def estimated_prompt_tokens(req: GenerationRequest) -> int:
+    """About how many tokens a prompt is (4 characters a token), for a stream that
+    ended before the upstream counted them."""
+    chars = len(req.prompt or "") + sum(len(m.content or "") for m in req.messages)
+    return (chars + 3) // 4
+
+
 async def stream_sse(
     request: Request,
     req: GenerationRequest,
@@ -122,12 +129,20 @@ async def stream_sse(
         resp = sse_response(request.info.rid)
         await resp.prepare(request)
     usage = None
+    # completion tokens relayed so far, so that a stream cut short (the client gone,
+    # the upstream failed) is charged what was generated: the token ids where the
+    # backend has them, else 4 characters a token
+    generated = 0
     pending: list[bytes] = []  # events already rendered, written together (see Chunk.buffered)
     try:
         chunk = first
         while chunk is not None:
             if chunk.usage is not None:
                 usage = chunk.usage
+            elif chunk.token_ids:
+                generated += len(chunk.token_ids)
+            elif chunk.text:
+                generated += (len(chunk.text) + 3) >> 2
             event = renderer.event(chunk)
             if event is not None:
                 pending.append(event)
@@ -140,7 +155,8 @@ async def stream_sse(
     except Exception as exc:
         await fail_stream(resp, exc, request.info.rid, pending)
         return resp
-    request.info.usage = usage
+    finally:  # whatever ended it: what the upstream counted, else what went by
+        request.info.usage = usage or Usage(estimated_prompt_tokens(req), generated)
     pending.append(b"data: [DONE]\n\n")
     await resp.write_eof(b"".join(pending))  # the rest, [DONE] and the end: one write
     return resp

@@ -129,5 +129,55 @@ class TokenCounter:
         path = Path(directory) / "tokenizer.json"
         return cls(path) if path.is_file() else None
 
-    def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
+    def count(self, text: str, limit: int | None = None) -> int:
+        """The tokens in ``text``; past ``limit`` (when given) the count may stop
+        early and is then only known to exceed it (``count_up_to``)."""
+        if limit is not None:
+            return count_up_to(self._tok, text, limit)
+        return len(self._tok.encode_batch([text], add_special_tokens=False)[0])
+
+
+SEGMENT_CHARS = 32768
+
+
+def _segments(text: str, size: int) -> list[str]:
+    """``text`` in pieces of about ``size`` characters, cut before a space that
+    follows a non-space where there is one (no word-level token spans such a cut)."""
+    out = []
+    start, n = 0, len(text)
+    while n - start > size:
+        end = start + size
+        cut = text.rfind(" ", start + size // 2, end)
+        if cut <= start or text[cut - 1].isspace():
+            cut = end
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def count_up_to(tokenizer: Any, text: str, limit: int, *, exact: bool = True) -> int:
+    """How many tokens ``text`` is, for a ``tokenizers.Tokenizer``, in a way that
+    never stalls an event loop in another thread for long, however long the text.
+
+    A tokenizer lets go of the GIL while it encodes (``encode_batch``, not
+    ``encode``), but freeing the result holds it: 0.4 s for a 1.9 MB prompt's 1.3
+    million tokens.  So a long text is counted in pieces of ``SEGMENT_CHARS`` (each
+    freed in a few ms) and the count stops as soon as it is clearly over ``limit``
+    (by more than the few tokens a cut may add); a text that turns out not to be
+    over it is counted whole, exactly (it is at most about ``limit`` tokens), or,
+    with ``exact=False``, the sum of the pieces' counts is returned as it is."""
+
+    def one(piece: str) -> int:
+        return len(tokenizer.encode_batch([piece], add_special_tokens=False)[0])
+
+    if len(text) <= SEGMENT_CHARS:
+        return one(text)
+    total = 0
+    pieces = _segments(text, SEGMENT_CHARS)
+    margin = 4 * len(pieces)  # a cut may add a token or two (a prefix space, a split word)
+    for piece in pieces:
+        total += one(piece)
+        if total > limit + margin:
+            return total
+    return one(text) if exact else total

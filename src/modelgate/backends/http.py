@@ -1,8 +1,16 @@
 """The upstream HTTP boundary shared by the HTTP backends: the client's exceptions
-and non-2xx answers become the error tree here, once."""
+and non-2xx answers become the error tree here, once.
+
+What becomes an error's message reaches clients: an endpoint is named there by its
+name (``<model>#<n>``, ``ModelConfig.endpoint_name``), never by its URL, and a
+failed connect by its reason alone (no address); the router logs the URL and the
+whole cause of every failed attempt."""
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,11 +63,17 @@ class Endpoint:
     __slots__ = ("_connect_s", "_get_headers", "_origin", "_post_headers", "where")
 
     def __init__(
-        self, client: UpstreamClient, url: str, *, headers: Mapping[str, str], connect_s: float
+        self,
+        client: UpstreamClient,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        connect_s: float,
+        name: str | None = None,
     ) -> None:
         self._origin: Origin = client.origin(url)
         self._connect_s = connect_s
-        self.where = f"upstream {url}"
+        self.where = f"upstream {name or url}"
         self._post_headers = encode_headers({**_BASE_HEADERS, **headers})
         # a GET carries no body: only what is not about one (the key)
         self._get_headers = encode_headers(
@@ -85,7 +99,7 @@ class Endpoint:
         try:
             resp = await self._origin.request(method, path, body, headers, self._connect_s)
         except ConnectFailed as exc:
-            raise UpstreamConnectError(f"{where} unreachable: {exc}") from exc
+            raise UpstreamConnectError(f"{where} unreachable: {_reason(exc)}") from exc
         except ConnectionLost as exc:
             raise UpstreamConnectError(f"{where} closed the connection before answering") from exc
         except MalformedResponse as exc:  # its HTTP itself: status line, headers, framing
@@ -101,6 +115,20 @@ class Endpoint:
                 resp.status, raw, retry_after=resp.headers.get("retry-after"), where=where
             )
         return resp
+
+
+def _reason(exc: ConnectFailed) -> str:
+    """Why a connect failed, without the address (the cause, logged, has it)."""
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, TimeoutError):
+        return str(exc)  # the client's own words (a timeout, a refused name): no address
+    if isinstance(cause, ssl.SSLError):
+        return "TLS handshake failed"
+    if isinstance(cause, socket.gaierror):
+        return "the name does not resolve"
+    if isinstance(cause, OSError) and isinstance(cause.errno, int) and cause.errno > 0:
+        return os.strerror(cause.errno)  # not its strerror: asyncio puts the address there
+    return "connection failed"
 
 
 def body_error(exc: HTTPClientError, where: str) -> UpstreamError:

@@ -33,7 +33,13 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env:
             headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
-        self._up = http.Endpoint(ctx.http, endpoint.url, headers=headers, connect_s=model.timeouts.connect_s)
+        self._up = http.Endpoint(
+            ctx.http,
+            endpoint.url,
+            headers=headers,
+            connect_s=model.timeouts.connect_s,
+            name=model.endpoint_name(endpoint.url),
+        )
         self._where = self._up.where
 
     def check(self, request: GenerationRequest) -> None:

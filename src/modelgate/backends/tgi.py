@@ -60,6 +60,11 @@ from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, Generation
 log = logging.getLogger(__name__)
 _MAX_BODY = 16 * 1024 * 1024
 _MESSAGES_SINCE = (1, 4)
+_INLINE_CHARS = 16384  # prompts up to this many characters are rendered on the loop (< 1 ms)
+
+
+def _chars(request: GenerationRequest) -> int:
+    return len(request.prompt or "") + sum(len(m.content or "") for m in request.messages)
 
 
 def _version(text: Any) -> tuple[int, ...]:
@@ -79,7 +84,7 @@ class TGIBackend:
         self._endpoint = endpoint
         self._ctx = ctx
         self._url = endpoint.url
-        self._where = f"upstream {endpoint.url}"
+        self._where = f"upstream {model.endpoint_name(endpoint.url)}"  # never the URL: clients see it
         self._client = ctx.http or http.upstream_client()  # its own when none is lent
         self._own_http = self._client if ctx.http is None else None
         self._up = http.Endpoint(
@@ -87,6 +92,7 @@ class TGIBackend:
             self._url,
             headers={"Content-Type": "application/json", "Accept": "text/event-stream, application/json"},
             connect_s=model.timeouts.connect_s,
+            name=model.endpoint_name(endpoint.url),
         )
         self._retry_s = max(1.0, ctx.config.health.interval_s)
         # the last /info read; None: not read since the endpoint (re)started
@@ -252,13 +258,23 @@ class TGIBackend:
         """The answer's chunks: the open stream itself (no generator of ours in between),
         or a whole answer read."""
         self._check_native(request, info)
-        prompt = self._prompt(request)
-        counted = self._counter.count(prompt) if self._counter else None
+        # template and tokenizer: seconds for a prompt of megabytes, so a large one
+        # is rendered and counted in a thread, never on the event loop
+        if _chars(request) > _INLINE_CHARS:
+            prompt, counted = await asyncio.to_thread(self._render, request, info)
+        else:
+            prompt, counted = self._render(request, info)
         check_limits(request, info, counted)
         body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info)})
         if request.stream:
             return self._stream(await self._post("/generate_stream", body), request, prompt, counted)
         return _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))
+
+    def _render(self, request: GenerationRequest, info: Mapping[str, Any]) -> tuple[str, int | None]:
+        prompt = self._prompt(request)
+        limit = info.get("max_input_tokens") or info.get("max_input_length")
+        limit = limit if isinstance(limit, int) else None  # past it, counting may stop early
+        return prompt, self._counter.count(prompt, limit) if self._counter else None
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.kind == "completion":

@@ -1,5 +1,7 @@
-"""What an address literally is: the forms a resolver accepts, and the link-local
-ranges where cloud metadata services answer."""
+"""What an address literally is: the forms a resolver accepts, and the addresses
+where cloud metadata services answer, which are never upstreams: link-local
+(169.254.0.0/16, fe80::/10: AWS, GCP, Azure, Oracle, OpenStack, DigitalOcean), AWS's
+IPv6 endpoint ``fd00:ec2::254`` and Alibaba Cloud's ``100.100.100.200``."""
 
 from __future__ import annotations
 
@@ -23,7 +25,23 @@ def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+# metadata services outside the link-local ranges
+METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS (IPv6, Nitro)
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    }
+)
+
+
 def is_link_local(host: str) -> bool:
     """Link-local (169.254.0.0/16, fe80::/10: cloud metadata services live there)."""
     ip = ip_of(host)
     return ip is not None and ip.is_link_local
+
+
+def is_metadata(host: str) -> bool:
+    """Where a cloud metadata service may answer: link-local, or one of
+    ``METADATA_ADDRESSES``, in any notation a resolver accepts."""
+    ip = ip_of(host)
+    return ip is not None and (ip.is_link_local or ip in METADATA_ADDRESSES)

@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelgate.http.addresses import is_link_local
+from modelgate.http.addresses import is_metadata
 from modelgate.http.connection import (
     HIGH_WATER,
     MAX_HEAD,
@@ -164,10 +164,12 @@ class Origin:
             return [(family, (self.host, self.port))]
         found = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         allowed: list[tuple[int, Any]] = [
-            (f, addr) for f, _, _, _, addr in found if not is_link_local(str(addr[0]))
+            (f, addr) for f, _, _, _, addr in found if not is_metadata(str(addr[0]))
         ]
-        if not allowed:
-            raise OSError(f"{self.host} resolves only to link-local addresses, which are never upstreams")
+        if not allowed:  # our own words, no address in them (they may reach a client)
+            raise ConnectFailed(
+                "the name resolves only to link-local or metadata addresses, which are never upstreams"
+            )
         return allowed
 
     def give_back(self, conn: Connection) -> None:

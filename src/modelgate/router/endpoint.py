@@ -69,13 +69,16 @@ class Endpoint:
         events: RouterEvents,
         lifecycle: Callable[[], Any] = lambda: None,
         clock: Clock = time.monotonic,
+        name: str | None = None,
+        capacity: int = 1 << 30,
     ) -> None:
         self.model_id = model_id
         self.url = url
+        self.name = name or url  # what clients may see (error bodies); never the URL there
         self.backend = backend
         self.config = config
         self.weight = config.weight if config else 1.0
-        self.max_in_flight = config.max_in_flight if config else 1 << 30
+        self.max_in_flight = config.max_in_flight if config else capacity
         self.in_flight = 0
         self.active = "starting"  # probe verdict: starting | healthy | unhealthy
         self.half_open = False
@@ -172,6 +175,7 @@ class Endpoint:
         life = self._lifecycle()
         return {
             "url": self.url,
+            "name": self.name,
             "state": state,
             "healthy": self.usable,
             "in_flight": self.in_flight,

@@ -10,6 +10,7 @@ room.  After the first chunk every failure is raised as is.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from modelgate.router.timeouts import Deadlines, StreamClock
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
 T = TypeVar("T")
+log = logging.getLogger("modelgate.router")
 
 
 class EndpointPool:
@@ -69,15 +71,27 @@ class EndpointPool:
     async def start(self) -> None:
         factory = self._factory or backend_factory(self.model.backend)
         if self.model.in_process:
-            self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None)
+            # the engine batches max_batch_size requests; more wait in the bounded queue
+            capacity = self.model.max_batch_size
+            self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None, capacity)
         for cfg in self.model.endpoints:
             self._add(cfg.url, factory(self.model, cfg, self._ctx), cfg)
         self._health.start()
 
-    def _add(self, url: str, backend: Any, cfg: Any) -> None:
+    def _add(self, url: str, backend: Any, cfg: Any, capacity: int = 1 << 30) -> None:
         lookup: Callable[[], Any] = lambda: self._lifecycle.get(url)  # noqa: E731  (read at use: it changes)
+        name = self.model.endpoint_name(url)
         self.endpoints.append(
-            Endpoint(self.model.id, url, backend, cfg, events=self._events, lifecycle=lookup)
+            Endpoint(
+                self.model.id,
+                url,
+                backend,
+                cfg,
+                events=self._events,
+                lifecycle=lookup,
+                name=name,
+                capacity=capacity,
+            )
         )
 
     async def close(self) -> None:
@@ -153,8 +167,8 @@ class EndpointPool:
                 # one loop, no wrapping generators: the deadlines and the honesty
                 # checks are objects it consults, so a chunk crosses one generator
                 # (the backend's) on its way to the client
-                clock = StreamClock(self.model.timeouts, ep.url, self._first_token, self._idle)
-                check = Honest(ep.url)
+                clock = StreamClock(self.model.timeouts, ep.name, self._first_token, self._idle)
+                check = Honest(ep.name)
                 stream = ep.backend.generate(request)
                 async with aclosing(stream):  # type: ignore[type-var]
                     ready = content = False
@@ -193,6 +207,19 @@ class EndpointPool:
         return self._call(lambda ep: ep.backend.complete(request), whole)
 
     def _failed(self, ep: Endpoint, exc: UpstreamError, attempts: _Attempts) -> None:
+        # the client's error names the endpoint by its name; the log has its URL too
+        cause = exc.__cause__
+        log.warning(
+            "upstream attempt failed",
+            extra={
+                "model": self.model.id,
+                "endpoint": ep.name,
+                "url": ep.url,
+                "code": exc.code,
+                "error": exc.message,
+                "cause": f"{type(cause).__name__}: {cause}" if cause is not None else None,
+            },
+        )
         self._outlier.failure(ep, exc)
         attempts.ended(ep, exc.code or type(exc).__name__)
         if not ep.usable:
@@ -211,14 +238,14 @@ class EndpointPool:
             key = self._deadlines.arm()
             try:
                 try:
-                    result = accept(await call(ep), ep.url)
+                    result = accept(await call(ep), ep.name)
                 finally:
                     expired = self._deadlines.disarm(key)
             except asyncio.CancelledError:
                 if not expired:  # not our deadline: the client went away
                     attempts.ended(ep, "cancelled")
                     raise
-                exc: UpstreamError = _timeout(ep.url)
+                exc: UpstreamError = _timeout(ep.name)
             except UpstreamError as err:
                 exc = err
             else:
@@ -299,13 +326,13 @@ def _why(ep: Endpoint) -> str:
     state = ep.note_state()
     probe = ep.last_probe
     if state != "healthy" and probe is not None and not probe.get("ok") and probe.get("detail"):
-        return f"{ep.url} {state} ({probe['detail']})"
-    return f"{ep.url} {state}"
+        return f"{ep.name} {state} ({probe['detail']})"
+    return f"{ep.name} {state}"
 
 
 def _accept(result: T, where: str) -> T:
     return result
 
 
-def _timeout(url: str) -> UpstreamError:
-    return UpstreamTimeout(f"{url}: no answer within the total timeout")
+def _timeout(where: str) -> UpstreamError:
+    return UpstreamTimeout(f"{where}: no answer within the total timeout")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import openai
 import pytest
-from tests.support.gateway import hang_up_mid_stream, make_config, running_gateway
+from tests.support.gateway import hang_up_mid_stream, make_config, running_gateway, stream_raw
 from tests.support.openai_upstream import FakeOpenAI
 
 PACED = "mg_paced_0123456789abcdefghij"  # 3 requests per minute
@@ -102,6 +102,36 @@ async def test_tokens_per_minute_per_key(gateway: str, upstream: FakeOpenAI) -> 
     assert "tokens per minute" in exc.value.message
     assert int(exc.value.response.headers["Retry-After"]) > 60  # the stream's tokens are owed too
     assert len(upstream.requests) == 2
+
+
+async def tokens_left(base: str, name: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(base + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}) as r,
+    ):
+        keys = {k["name"]: k for k in (await r.json())["keys"]}
+    return int(keys[name]["limits"]["tokens_left"])
+
+
+@pytest.mark.parametrize("step", [("hang", 2), ("cut", 2)])
+async def test_a_stream_cut_short_is_charged_what_was_generated(
+    gateway: str, upstream: FakeOpenAI, step: tuple[str, int]
+) -> None:
+    # reading the first token and hanging up (or the upstream failing after it) must
+    # not make the tokens free: the upstream's usage never comes, so what went by counts
+    assert await tokens_left(gateway, "api-2") == 10
+    upstream.plan[:] = [step]
+    if step[0] == "hang":
+        await hang_up_mid_stream(gateway, TOKENS, after=b"t0")
+    else:
+        await stream_raw(gateway, TOKENS)
+    for _ in range(100):  # the gateway notices the disconnect within a second
+        left = await tokens_left(gateway, "api-2")
+        if left < 10:
+            break
+        await asyncio.sleep(0.01)
+    # the prompt ("hi": 1) and at least the first token; never more than were sent
+    assert 5 <= left <= 8, left
 
 
 async def test_a_client_that_goes_away_frees_its_slot(gateway: str, upstream: FakeOpenAI) -> None:

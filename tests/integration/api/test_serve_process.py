@@ -190,6 +190,7 @@ async def test_sighup_reloads_the_key_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     old, new = "mg_old_0123456789abcdefghij", "mg_new_0123456789abcdefghij"
     keys.write_text(f"{old}\n")
+    keys.chmod(0o600)  # a key file open to others is refused
     cfg = yaml.safe_load(write_config(tmp_path, upstream.url).read_text())
     cfg["auth"] = {"api_keys_file": str(keys)}
     (tmp_path / "modelgate.yaml").write_text(yaml.safe_dump(cfg))

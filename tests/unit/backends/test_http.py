@@ -123,6 +123,31 @@ async def get_from_server_as(host: str) -> bytes:
         server.close()
 
 
+@pytest.mark.parametrize("address", ["fd00:ec2::254", "100.100.100.200"])
+async def test_names_resolving_to_other_metadata_addresses_are_refused(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolve_to(monkeypatch, address)
+    dialled = dials(monkeypatch)
+    with pytest.raises(ConnectFailed, match="metadata"):
+        async with asyncio.timeout(5):
+            await Origin("http://rebound.example/").request("GET", "/", None, b"", 1.0)
+    assert dialled == []
+
+
+async def test_a_refused_connect_names_the_endpoint_and_no_address() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with UpstreamClient() as client:
+        endpoint = Endpoint(client, f"http://127.0.0.1:{port}/v1", headers={}, connect_s=1.0, name="m#1")
+        with pytest.raises(UpstreamConnectError) as info:
+            async with asyncio.timeout(5):
+                await endpoint.post("/chat/completions", b"{}")
+    assert info.value.message == "upstream m#1 unreachable: Connection refused"
+    assert str(port) in str(info.value.__cause__)  # the cause (logged) keeps it
+
+
 async def test_of_a_mixed_answer_only_the_allowed_address_is_dialled(monkeypatch: pytest.MonkeyPatch) -> None:
     resolve_to(monkeypatch, "169.254.169.254", "127.0.0.1")
     dialled = dials(monkeypatch)
