@@ -146,13 +146,8 @@ def _state_dict(files: ModelFiles) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import load
 
-    names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
-    if not names:
-        if any(n.endswith((".bin", ".pt", ".pth")) for n in files.names()):
-            raise ModelFormatError("only safetensors weights are loaded (found pickle weights: convert them)")
-        raise ModelFormatError("the model has no *.safetensors weights")
     state: dict[str, Any] = {}
-    for name in names:
+    for name in _weight_names(files):
         path = _weights_path(files, name)
         if path is None:
             state.update(load(files.read(name)))  # bytes in memory: briefly two copies
@@ -161,6 +156,37 @@ def _state_dict(files: ModelFiles) -> dict[str, Any]:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 state[key] = f.get_tensor(key)
     return state
+
+
+def _weight_names(files: ModelFiles) -> list[str]:
+    names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
+    if not names:
+        if any(n.endswith((".bin", ".pt", ".pth")) for n in files.names()):
+            raise ModelFormatError("only safetensors weights are loaded (found pickle weights: convert them)")
+        raise ModelFormatError("the model has no *.safetensors weights")
+    return names
+
+
+def preflight(files: ModelFiles) -> None:
+    """Raise what a load of these files would fail on every time, without reading the
+    weights: config.json, a ``model_type`` transformers knows (unless
+    the model brings its own code), tokenizer.json, safetensors weights."""
+    config = read_json(files, "config.json")
+    if not isinstance(config, dict):
+        raise ModelFormatError("the model has no config.json")
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ModelFormatError("config.json has no model_type")
+    if "tokenizer.json" not in files.names():
+        raise ModelFormatError("the model has no tokenizer.json (a fast tokenizer is required)")
+    _weight_names(files)
+    if not config.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise ModelFormatError(
+                f"unsupported model_type {model_type!r}: this transformers does not know it"
+            )
 
 
 def _weights_path(files: ModelFiles, name: str) -> str | None:
