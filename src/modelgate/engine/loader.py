@@ -259,10 +259,10 @@ def load_model(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config_dict)
     if trust_remote_code and isinstance(files, DirectoryFiles):
-        from transformers import AutoModel, AutoModelForCausalLM
-
-        auto = AutoModel if embedding else AutoModelForCausalLM
         with IMPORTS:  # custom code is imported while it loads: the whole load, one at a time
+            from transformers import AutoModel, AutoModelForCausalLM
+
+            auto = AutoModel if embedding else AutoModelForCausalLM
             tokenizer = load_tokenizer(files)
             model = auto.from_pretrained(files.root, trust_remote_code=True, dtype=torch_dtype).to(dev)
     else:

@@ -13,7 +13,7 @@ from modelgate.config import Config, ModelConfig
 from modelgate.engine.batching import BatchLimits
 from modelgate.engine.embedder import Embedder, pooling_spec
 from modelgate.engine.engine import Engine
-from modelgate.engine.loader import DirectoryFiles, LoadedModel, ModelFiles, load_model
+from modelgate.engine.loader import IMPORTS, DirectoryFiles, LoadedModel, ModelFiles, load_model
 from modelgate.errors import ConfigError, InvalidRequest, ModelGateError, ModelNotReady
 from modelgate.types import GenerationRequest
 
@@ -69,13 +69,10 @@ def open_files(model: ModelConfig, config: Config, root: Path | None = None) -> 
     """The model's files and what must be closed after loading (a sealed reader)."""
     path = Path(root or model.path or "")
     has_key = bool(model.key_file or model.key_env or model.key_command)
-    try:
-        from modelgate.storage.sealed import is_sealed, open_sealed
-    except ImportError:  # pragma: no cover - storage is part of the package
-        is_sealed = None  # type: ignore[assignment]
-    if is_sealed is not None and is_sealed(path):
+    with IMPORTS:  # first imported here, by one loading thread at a time
         from modelgate.storage.keys import load_key
-
+        from modelgate.storage.sealed import is_sealed, open_sealed
+    if is_sealed(path):
         if not has_key:
             raise ConfigError(f"model {model.id!r}: {path} is sealed; set key_file, key_env or key_command")
         env_value = config.secret(model.key_env) if model.key_env else None

@@ -80,3 +80,45 @@ def test_format_problems_are_model_format_errors_and_preflight_finds_them(tiny_m
             preflight(broken)
         with pytest.raises(ModelFormatError):
             load_model(broken, device="cpu")
+
+
+def test_loads_import_one_at_a_time_and_read_weights_side_by_side(tiny_model, monkeypatch) -> None:
+    """Two loads at once: never both in the step that imports (the tokenizer, the model
+    class, the meta build), and both in the weights at the same time."""
+    import threading
+    import time
+
+    from modelgate.engine import loader
+
+    inside, most = [0], [0]
+    real_tokenizer, real_state = loader.load_tokenizer, loader._state_dict
+    both_reading = threading.Barrier(2, timeout=30)
+
+    def counted_tokenizer(files):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.2)  # the other load has the time to come in, were it let in
+        inside[0] -= 1
+        return real_tokenizer(files)
+
+    def meeting_state(files):
+        both_reading.wait()  # broken (an error) unless the other load reads its weights too
+        return real_state(files)
+
+    monkeypatch.setattr(loader, "load_tokenizer", counted_tokenizer)
+    monkeypatch.setattr(loader, "_state_dict", meeting_state)
+    results: list[object] = []
+
+    def load() -> None:
+        try:
+            results.append(load_model(loader.DirectoryFiles(tiny_model), device="cpu"))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2 and not any(isinstance(r, BaseException) for r in results), results
+    assert most[0] == 1
