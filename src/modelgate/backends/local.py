@@ -202,13 +202,12 @@ class LocalBackend:
     async def probe(self) -> ProbeResult:
         started = time.monotonic()
         if self._local is None and self._attempt is not None and not self._attempt.done():
-            await asyncio.wait([self._attempt], timeout=self._ctx.config.health.timeout_s * 0.8)
-            if not self._attempt.done():
-                failed = self._failure
-                detail = "loading" if failed is None else f"loading again (attempt {failed.attempt + 1})"
-                return ProbeResult(
-                    ok=False, latency_s=time.monotonic() - started, detail=detail, pending=True
-                )
+            # answered at once, never waited for: a load's imports can hold the GIL for
+            # seconds, and a probe waiting across that stall would time out and mark a
+            # starting endpoint unhealthy (the health loop asks again within 0.5 s)
+            failed = self._failure
+            detail = "loading" if failed is None else f"loading again (attempt {failed.attempt + 1})"
+            return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail, pending=True)
         if self._local is None:
             return ProbeResult(
                 ok=False, latency_s=time.monotonic() - started, detail=self._not_ready().message
