@@ -1,7 +1,9 @@
 """``modelgate check``: probe every endpoint once and print a table.
 
 Exit 0 only when every model has at least one healthy endpoint.  Local models are
-checked for a readable model directory (or sealed model) without loading weights.
+checked for a readable model directory (or sealed model) without loading weights:
+the files a load needs and a ``model_type`` transformers knows; when a gateway runs
+at the configured address, what its loads did (loaded, loading, or why they failed).
 """
 
 from __future__ import annotations
@@ -49,10 +51,29 @@ def _local_row(model: ModelConfig, storage: dict[str, Any] | None) -> Row:
             None,
             f"{storage.get('kind')}: {storage.get('detail')}",
         )
+    from modelgate.engine.loader import DirectoryFiles, preflight
+
     path = Path(model.path or "")
-    ok = path.exists()
-    detail = "present (weights load at serve time)" if ok else f"{path} not found"
-    return Row(model.id, f"local://{model.id}", ok, None, ok, None, detail)
+    if not path.exists():
+        return Row(model.id, f"local://{model.id}", False, None, False, None, f"{path} not found")
+    try:
+        preflight(DirectoryFiles(path))
+    except ModelGateError as exc:  # what a load would fail on, every time
+        return Row(model.id, f"local://{model.id}", True, None, False, None, exc.message)
+    return Row(
+        model.id, f"local://{model.id}", True, None, True, None, "present (weights load at serve time)"
+    )
+
+
+def _with_load(row: Row, entry: dict[str, Any] | None) -> Row:
+    """A local model's row with what the running gateway's load did (its /admin/endpoints entry)."""
+    if entry is None:
+        return row
+    if entry.get("ready"):
+        return replace(row, lifecycle="loaded")
+    eps = entry.get("endpoints") or [{}]
+    state = str(eps[0].get("state") or "not loaded")
+    return replace(row, model_listed=False, lifecycle=state, detail=str(entry.get("reason") or state))
 
 
 async def _storage(config: Config) -> dict[str, dict[str, Any]]:
@@ -118,8 +139,12 @@ async def _probe_all(config: Config) -> list[Row]:
                     res.detail,
                 )
             )
-    lifecycle = await _gateway_lifecycle(config)
-    return [replace(r, lifecycle=lifecycle[r.endpoint]) if r.endpoint in lifecycle else r for r in rows]
+    running = await _gateway_models(config)
+    lifecycle = _lifecycles(running)
+    rows = [replace(r, lifecycle=lifecycle[r.endpoint]) if r.endpoint in lifecycle else r for r in rows]
+    loads = {str(m.get("id")): m for m in running}
+    local = {m.id for m in config.models if m.in_process}
+    return [_with_load(r, loads.get(r.model)) if r.model in local else r for r in rows]
 
 
 def _admin_key(config: Config) -> str | None:
@@ -145,8 +170,16 @@ def _admin_key(config: Config) -> str | None:
 async def _gateway_lifecycle(config: Config) -> dict[str, str]:
     """endpoint url -> "state, N restarts, exit C" from a running gateway's
     /admin/endpoints (supervised endpoints only); empty when none answers."""
-    if not any(ep.launch for m in config.models for ep in m.endpoints):
-        return {}
+    return _lifecycles(await _gateway_models(config))
+
+
+async def _gateway_models(config: Config) -> list[dict[str, Any]]:
+    """A running gateway's /admin/endpoints models, when the config has something only
+    it can tell (supervised endpoints, local models' loads); empty when none answers."""
+    if not any(ep.launch for m in config.models for ep in m.endpoints) and not any(
+        m.in_process for m in config.models
+    ):
+        return []
     key = _admin_key(config)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     base = f"http://{config.server.host}:{config.server.port}"
@@ -162,14 +195,19 @@ async def _gateway_lifecycle(config: Config) -> dict[str, str]:
             finally:
                 resp.close()
         if resp.status != 200:
-            return {}
+            return []
         data = orjson.loads(raw)
     except (HTTPClientError, OSError, TimeoutError, ValueError):  # (orjson's JSONDecodeError is one)
-        return {}
+        return []
     finally:
         await http.close()
+    models = data.get("models") if isinstance(data, dict) else None
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def _lifecycles(models: list[dict[str, Any]]) -> dict[str, str]:
     out = {}
-    for model in data.get("models", []):
+    for model in models:
         for ep in model.get("endpoints", []):
             life = ep.get("lifecycle") or {}
             info = life.get("info") or {}

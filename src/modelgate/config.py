@@ -342,6 +342,11 @@ class ModelConfig(_Frozen):
     trust_remote_code: bool = False
     max_batch_size: int = Field(32, ge=1)
     kv_cache_tokens: int | None = Field(None, ge=16)
+    # a failed load is retried with backoff (base * 2**n, capped), as a crashed worker is;
+    # one that cannot change (a missing file, a wrong key) is not
+    load_retries: int = Field(5, ge=0)
+    load_backoff_base_s: float = Field(2.0, gt=0)
+    load_backoff_max_s: float = Field(60.0, gt=0)
     # upstream
     endpoints: tuple[EndpointConfig, ...] = ()
     protocol: Literal["auto", "generate", "messages"] = "auto"

@@ -22,6 +22,9 @@ class ModelGateError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
+    # retrying cannot change the outcome (a missing file, a wrong key, an unsupported
+    # model): a model load that fails so is reported once, never retried in a loop
+    permanent: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -260,6 +263,7 @@ class ConfigError(ModelGateError):
     """Bad configuration.  The message names the file and the key."""
 
     default_code = "config_error"
+    permanent = True
 
 
 class StorageError(ModelGateError):
@@ -275,3 +279,11 @@ class SupervisorError(ModelGateError):
 class EngineError(ModelGateError):
     status = 500
     default_code = "engine_error"
+
+
+class ModelFormatError(EngineError):
+    """The model's files cannot be loaded as they are: a file missing, invalid JSON,
+    pickle weights, an unsupported ``model_type``, tensors missing."""
+
+    default_code = "model_format_error"
+    permanent = True

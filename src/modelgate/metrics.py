@@ -186,6 +186,9 @@ class Metrics:
         self.engine = Gauge(
             "modelgate_engine", "Engine gauges (device memory, KV usage)", ["model", "name"], registry=r
         )
+        self.load_failures = Counter(
+            "modelgate_model_load_failures", "Failed loads of a local model", ["model"], registry=r
+        )
 
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -233,6 +236,9 @@ class Metrics:
 
     def gauge(self, model: str, name: str, value: float) -> None:
         self.engine.labels(model, name).set(value)
+
+    def load_failure(self, model: str) -> None:
+        self.load_failures.labels(model).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

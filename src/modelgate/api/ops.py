@@ -33,11 +33,28 @@ def model_readiness(request: Request) -> dict[str, str | None]:
     out: dict[str, str | None]
     if state.router is not None:
         out = state.router.readiness()
+        for model_id, why in _failed_probes(state.router.snapshot()).items():
+            if out.get(model_id) is not None:  # the cause, e.g. why a local model did not load
+                out[model_id] = f"{out[model_id]}: {why}"
     else:
         out = {m.id: "starting" for m in state.config.models}
     for model_id, st in _storage_status(request).items():
         if st.get("state") == "failed":  # the root cause, whatever the router saw after it
             out[model_id] = f"storage failed: {st.get('detail', '')}"
+    return out
+
+
+def _failed_probes(snapshot: list[dict[str, Any]]) -> dict[str, str]:
+    """model id -> what its endpoints' last failed probes said."""
+    out = {}
+    for model in snapshot:
+        details = [
+            str(probe["detail"])
+            for ep in model.get("endpoints", [])
+            if (probe := ep.get("last_probe")) and not probe.get("ok") and probe.get("detail")
+        ]
+        if details:
+            out[str(model["id"])] = "; ".join(details)
     return out
 
 

@@ -3,11 +3,16 @@
 Loading (plain directory, sealed model decrypted into memory, or a directory on
 a LUKS volume) and warm-up run in a thread, started when the backend is made;
 requests that arrive meanwhile wait for it.  Torch never runs on the event loop.
+A load that fails is logged as an error, counted (``load_failure``), shown by the
+probe (so in ``/ready`` and ``/admin/endpoints``) and retried with backoff, like a
+crashed supervised worker; one that cannot change (``is_permanent``) is not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +21,11 @@ from typing import Any
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import SEGMENT_CHARS, count_up_to
 from modelgate.config import EndpointConfig, ModelConfig
-from modelgate.engine.runtime import LocalModel, load_local_model
+from modelgate.engine.runtime import LoadFailure, LocalModel, load_local_model
 from modelgate.engine.sampling import SamplingConfig
 from modelgate.engine.sequence import SeqParams, TokenEvent
-from modelgate.errors import EngineError, InvalidRequest, ModelGateError, ModelNotReady
+from modelgate.errors import InvalidRequest, ModelNotReady
+from modelgate.supervisor.state import Backoff
 from modelgate.types import (
     Chunk,
     EmbeddingRequest,
@@ -29,6 +35,8 @@ from modelgate.types import (
     SamplingParams,
     Usage,
 )
+
+log = logging.getLogger("modelgate.local")
 
 
 def sampling_config(s: SamplingParams, index: int = 0) -> SamplingConfig:
@@ -63,36 +71,78 @@ class LocalBackend:
         self.model = model
         self._ctx = ctx
         self._local: LocalModel | None = _preloaded(ctx, model.id)
-        self._error: ModelGateError | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._failure: LoadFailure | None = None
+        self._task: asyncio.Task[None] | None = None  # the loads, retries included
+        self._attempt: asyncio.Task[None] | None = None  # the load under way, if any
         self._acquired = False
         if self._local is None:
-            self._task = asyncio.get_running_loop().create_task(self._load(), name=f"load {model.id}")
+            loop = asyncio.get_running_loop()
+            self._attempt = loop.create_task(self._load_once(1), name=f"load {model.id}")
+            self._task = loop.create_task(self._load(), name=f"load {model.id} (retries)")
 
     # -- loading -------------------------------------------------------------------
     async def _load(self) -> None:
+        """Load until it works, the failure cannot change, or the retries are spent."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, self.model.load_retries + 2):
+            if attempt > 1:
+                self._attempt = loop.create_task(self._load_once(attempt), name=f"load {self.model.id}")
+            assert self._attempt is not None
+            # shielded: close() cancels the retries, never a load that holds a thread
+            await asyncio.shield(self._attempt)
+            failure = self._failure
+            if self._local is not None or failure is None or failure.next_at is None:
+                return
+            await asyncio.sleep(failure.next_at - loop.time())
+
+    async def _load_once(self, attempt: int) -> None:
+        """One load; its outcome in ``_local`` or ``_failure`` (reported) when it ends."""
         try:
             root = await self._storage_path()
             self._local = await asyncio.to_thread(load_local_model, self.model, self._ctx.config, root)
-        except ModelGateError as exc:
-            self._error = exc
+            self._failure = None
         except Exception as exc:
-            self._error = EngineError(f"model {self.model.id!r} failed to load: {exc}")
+            m = self.model
+            delay = None
+            if attempt <= m.load_retries:
+                delay = Backoff(m.load_backoff_base_s, m.load_backoff_max_s).delay(attempt, random.random())
+            now = asyncio.get_running_loop().time()
+            self._failure = LoadFailure.of(m.id, exc, attempt, None if delay is None else now + delay)
+            self._report(self._failure, delay)
+
+    def _report(self, failure: LoadFailure, delay: float | None) -> None:
+        extra = {"model": failure.model_id, "error": failure.cause, "attempt": failure.attempt}
+        if failure.permanent:
+            log.error("model failed to load; not retried: this cannot change", extra=extra)
+        elif failure.next_at is None:
+            log.error("model failed to load; giving up", extra=extra)
+        else:
+            log.error("model failed to load; retrying", extra={**extra, "retry_in_s": round(delay or 0, 2)})
+        events = self._ctx.services.events
+        if events is not None:
+            events.load_failure(failure.model_id)
 
     async def _storage_path(self) -> Path | None:
         storage = self._ctx.services.storage
-        if self.model.storage is None or storage is None:
+        if self.model.storage is None or storage is None or self._acquired:
             return None
         await storage.acquire(self.model.id)
         self._acquired = True
         return None
 
+    def _not_ready(self) -> ModelNotReady:
+        now = asyncio.get_running_loop().time()
+        if self._failure is not None:
+            return self._failure.error(now)
+        return ModelNotReady(f"model {self.model.id!r} is not loaded", retry_after=5)
+
     async def ready(self) -> LocalModel:
-        """Wait for the model (loaded and warmed up); raise why it is not there."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        """Wait for the load under way (not for a retry's backoff); raise why the model
+        is not there."""
+        if self._local is None and self._attempt is not None and not self._attempt.done():
+            await asyncio.wait([self._attempt])  # its outcome: in _local or _failure
         if self._local is None:
-            raise self._error or ModelNotReady(f"model {self.model.id!r} is not loaded", retry_after=5)
+            raise self._not_ready()
         return self._local
 
     # -- Backend -------------------------------------------------------------------
@@ -154,17 +204,17 @@ class LocalBackend:
 
     async def probe(self) -> ProbeResult:
         started = time.monotonic()
-        if self._task is not None and not self._task.done():
-            try:
-                async with asyncio.timeout(self._ctx.config.health.timeout_s * 0.8):
-                    await asyncio.shield(self._task)
-            except TimeoutError:
-                return ProbeResult(
-                    ok=False, latency_s=time.monotonic() - started, detail="loading", pending=True
-                )
+        if self._local is None and self._attempt is not None and not self._attempt.done():
+            # answered at once, never waited for: a load's imports can hold the GIL for
+            # seconds, and a probe waiting across that stall would time out and mark a
+            # starting endpoint unhealthy (the health loop asks again within 0.5 s)
+            failed = self._failure
+            detail = "loading" if failed is None else f"loading again (attempt {failed.attempt + 1})"
+            return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail, pending=True)
         if self._local is None:
-            detail = self._error.message if self._error else "not loaded"
-            return ProbeResult(ok=False, latency_s=time.monotonic() - started, detail=detail)
+            return ProbeResult(
+                ok=False, latency_s=time.monotonic() - started, detail=self._not_ready().message
+            )
         stats = self._local.stats()
         events = self._ctx.services.events
         if events is not None:  # device memory and KV usage in /metrics
@@ -180,7 +230,10 @@ class LocalBackend:
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
+            self._task.cancel()  # a retry's backoff ends here; a load under way runs out below
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._attempt is not None and not self._attempt.done():
+            await asyncio.gather(self._attempt, return_exceptions=True)
         if self._local is not None and not _preloaded(self._ctx, self.model.id):
             local, self._local = self._local, None
             await asyncio.to_thread(local.close)

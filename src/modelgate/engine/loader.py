@@ -4,17 +4,31 @@ Sealed models are decrypted into memory, never to disk, so the loader reads
 through the small ``ModelFiles`` seam: a name list and ``read(name) -> bytes``.
 Weights are safetensors only; the model is built on the meta device and the
 tensors are assigned, so nothing is initialised twice.
+
+Models load side by side, each in its own thread, except for one step:
+transformers imports its modules lazily (the tokenizer classes, each model type's
+configuration and modeling code, and on first use some 1,400 modules of torch,
+scipy and sympy), and two threads importing them at once see each other's
+half-initialised modules (``cannot import name 'PreTrainedTokenizerFast' from
+'transformers'``).  So building the tokenizer and the empty model on the meta
+device, the step that imports, runs under one lock (``IMPORTS``); reading the
+weights, moving them to the device and warming up run in parallel.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelgate.errors import ConfigError, EngineError
+from modelgate.errors import ConfigError, ModelFormatError
+
+# The one process-wide object here, as process-wide as the import system it guards
+# (sys.modules): held while a load runs code that may import for the first time.
+IMPORTS = threading.Lock()
 
 
 class ModelFiles(Protocol):
@@ -72,7 +86,7 @@ def read_json(files: ModelFiles, name: str) -> Any:
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{name}: invalid JSON: {exc}") from exc
+        raise ModelFormatError(f"{name}: invalid JSON: {exc}") from exc
 
 
 def resolve_device(spec: str) -> Any:
@@ -105,7 +119,7 @@ def load_tokenizer(files: ModelFiles) -> Any:
     try:
         raw = files.read("tokenizer.json").decode("utf-8")
     except FileNotFoundError:
-        raise EngineError("the model has no tokenizer.json (a fast tokenizer is required)") from None
+        raise ModelFormatError("the model has no tokenizer.json (a fast tokenizer is required)") from None
     cfg = read_json(files, "tokenizer_config.json") or {}
     special = read_json(files, "special_tokens_map.json") or {}
     kwargs: dict[str, Any] = {}
@@ -132,13 +146,8 @@ def _state_dict(files: ModelFiles) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import load
 
-    names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
-    if not names:
-        if any(n.endswith((".bin", ".pt", ".pth")) for n in files.names()):
-            raise EngineError("only safetensors weights are loaded (found pickle weights: convert them)")
-        raise EngineError("the model has no *.safetensors weights")
     state: dict[str, Any] = {}
-    for name in names:
+    for name in _weight_names(files):
         path = _weights_path(files, name)
         if path is None:
             state.update(load(files.read(name)))  # bytes in memory: briefly two copies
@@ -147,6 +156,37 @@ def _state_dict(files: ModelFiles) -> dict[str, Any]:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 state[key] = f.get_tensor(key)
     return state
+
+
+def _weight_names(files: ModelFiles) -> list[str]:
+    names = [n for n in files.names() if n.endswith(".safetensors") and "/" not in n]
+    if not names:
+        if any(n.endswith((".bin", ".pt", ".pth")) for n in files.names()):
+            raise ModelFormatError("only safetensors weights are loaded (found pickle weights: convert them)")
+        raise ModelFormatError("the model has no *.safetensors weights")
+    return names
+
+
+def preflight(files: ModelFiles) -> None:
+    """Raise what a load of these files would fail on every time, without reading the
+    weights: config.json, a ``model_type`` transformers knows (unless
+    the model brings its own code), tokenizer.json, safetensors weights."""
+    config = read_json(files, "config.json")
+    if not isinstance(config, dict):
+        raise ModelFormatError("the model has no config.json")
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ModelFormatError("config.json has no model_type")
+    if "tokenizer.json" not in files.names():
+        raise ModelFormatError("the model has no tokenizer.json (a fast tokenizer is required)")
+    _weight_names(files)
+    if not config.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise ModelFormatError(
+                f"unsupported model_type {model_type!r}: this transformers does not know it"
+            )
 
 
 def _weights_path(files: ModelFiles, name: str) -> str | None:
@@ -176,14 +216,14 @@ def _materialise(model: Any, state: dict[str, Any], device: Any, dtype: Any) -> 
         p._is_hf_initialized = True
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
-        raise EngineError(f"the weights lack {len(missing)} tensors, e.g. {missing[:3]} ({result})")
+        raise ModelFormatError(f"the weights lack {len(missing)} tensors, e.g. {missing[:3]} ({result})")
     for key, buf in model.named_non_persistent_buffers():
         mod, _, name = key.rpartition(".")
         model.get_submodule(mod).register_buffer(name, torch.empty_like(buf, device=device), persistent=False)
     model.initialize_weights()  # only what was not loaded: rotary tables and the like
     for key, buf in model.named_buffers():
         if buf.is_meta:
-            raise EngineError(f"buffer {key} was not initialised")
+            raise ModelFormatError(f"buffer {key} was not initialised")
 
 
 def _build(config_dict: dict[str, Any], *, embedding: bool, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -193,11 +233,11 @@ def _build(config_dict: dict[str, Any], *, embedding: bool, trust_remote_code: b
         raise ConfigError("this model needs custom code: set trust_remote_code: true only if you trust it")
     model_type = config_dict.get("model_type")
     if not model_type:
-        raise EngineError("config.json has no model_type")
+        raise ModelFormatError("config.json has no model_type")
     try:
         config = AutoConfig.for_model(**config_dict)
     except (ValueError, KeyError) as exc:
-        raise EngineError(f"unsupported model_type {model_type!r}: {exc}") from exc
+        raise ModelFormatError(f"unsupported model_type {model_type!r}: {exc}") from exc
     auto = AutoModel if embedding else AutoModelForCausalLM
     return config, auto
 
@@ -215,21 +255,24 @@ def load_model(
 
     config_dict = read_json(files, "config.json")
     if not isinstance(config_dict, dict):
-        raise EngineError("the model has no config.json")
+        raise ModelFormatError("the model has no config.json")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config_dict)
-    tokenizer = load_tokenizer(files)
     if trust_remote_code and isinstance(files, DirectoryFiles):
-        from transformers import AutoModel, AutoModelForCausalLM
+        with IMPORTS:  # custom code is imported while it loads: the whole load, one at a time
+            from transformers import AutoModel, AutoModelForCausalLM
 
-        auto = AutoModel if embedding else AutoModelForCausalLM
-        model = auto.from_pretrained(files.root, trust_remote_code=True, dtype=torch_dtype).to(dev)
+            auto = AutoModel if embedding else AutoModelForCausalLM
+            tokenizer = load_tokenizer(files)
+            model = auto.from_pretrained(files.root, trust_remote_code=True, dtype=torch_dtype).to(dev)
     else:
         if config_dict.get("auto_map") and trust_remote_code:
             raise ConfigError("custom model code cannot be loaded from a sealed (in-memory) model")
-        config, auto = _build(config_dict, embedding=embedding, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = auto.from_config(config, dtype=torch_dtype)
+        with IMPORTS:
+            tokenizer = load_tokenizer(files)
+            config, auto = _build(config_dict, embedding=embedding, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                model = auto.from_config(config, dtype=torch_dtype)
         _materialise(model, _state_dict(files), dev, torch_dtype)
     model.eval()
     return LoadedModel(

@@ -5,6 +5,7 @@ messages, stats, and unloading."""
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +13,66 @@ from modelgate.config import Config, ModelConfig
 from modelgate.engine.batching import BatchLimits
 from modelgate.engine.embedder import Embedder, pooling_spec
 from modelgate.engine.engine import Engine
-from modelgate.engine.loader import DirectoryFiles, LoadedModel, ModelFiles, load_model
-from modelgate.errors import ConfigError, InvalidRequest
+from modelgate.engine.loader import IMPORTS, DirectoryFiles, LoadedModel, ModelFiles, load_model
+from modelgate.errors import ConfigError, InvalidRequest, ModelGateError, ModelNotReady
 from modelgate.types import GenerationRequest
+
+# what the filesystem says about a path does not change by asking again
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a load that failed with ``exc`` would fail the same way again, by the
+    error's class: a missing file, a wrong key, an unsupported model are; an import
+    error, an out-of-memory, an I/O hiccup are not."""
+    if isinstance(exc, ModelGateError):
+        return exc.permanent
+    return isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def load_cause(exc: BaseException) -> str:
+    """The cause of a failed load in one line: our message, or the foreign class and text."""
+    text = exc.message if isinstance(exc, ModelGateError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:500]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A model's last failed load: why, which attempt, and when the next one runs
+    (``next_at`` on the caller's clock; None: not retried)."""
+
+    model_id: str
+    cause: str
+    permanent: bool
+    attempt: int
+    next_at: float | None = None
+
+    @classmethod
+    def of(cls, model_id: str, exc: BaseException, attempt: int, next_at: float | None) -> LoadFailure:
+        permanent = is_permanent(exc)
+        return cls(model_id, load_cause(exc), permanent, attempt, None if permanent else next_at)
+
+    def describe(self, now: float) -> str:
+        head = f"model {self.model_id!r} failed to load: {self.cause}"
+        if self.permanent:
+            return f"{head} (not retried: this cannot change until the model or its config is fixed)"
+        if self.next_at is None:
+            return f"{head} (gave up after {self.attempt} attempts)"
+        return f"{head} (attempt {self.attempt}; the next in {max(0.0, self.next_at - now):.1f} s)"
+
+    def error(self, now: float) -> ModelNotReady:
+        retry = None if self.next_at is None else max(1.0, self.next_at - now)
+        return ModelNotReady(self.describe(now), retry_after=retry)
 
 
 def open_files(model: ModelConfig, config: Config, root: Path | None = None) -> tuple[ModelFiles, Any]:
     """The model's files and what must be closed after loading (a sealed reader)."""
     path = Path(root or model.path or "")
     has_key = bool(model.key_file or model.key_env or model.key_command)
-    try:
-        from modelgate.storage.sealed import is_sealed, open_sealed
-    except ImportError:  # pragma: no cover - storage is part of the package
-        is_sealed = None  # type: ignore[assignment]
-    if is_sealed is not None and is_sealed(path):
+    with IMPORTS:  # first imported here, by one loading thread at a time
         from modelgate.storage.keys import load_key
-
+        from modelgate.storage.sealed import is_sealed, open_sealed
+    if is_sealed(path):
         if not has_key:
             raise ConfigError(f"model {model.id!r}: {path} is sealed; set key_file, key_env or key_command")
         env_value = config.secret(model.key_env) if model.key_env else None

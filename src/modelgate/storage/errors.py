@@ -14,24 +14,28 @@ class KeyUnavailable(StorageError):
     """No key could be loaded: missing, unreadable, too open, malformed, command failed."""
 
     default_code = "storage_key_unavailable"
+    permanent = True
 
 
 class WrongKey(StorageError):
     """The key is well-formed but is not the key of this sealed model or volume."""
 
     default_code = "storage_wrong_key"
+    permanent = True
 
 
 class SealedFormatError(StorageError):
     """Not a sealed model, or a version this code cannot read."""
 
     default_code = "sealed_format_error"
+    permanent = True
 
 
 class SealedIntegrityError(StorageError):
     """A sealed model was modified: flipped bytes, truncation, reordering, swapped files."""
 
     default_code = "sealed_integrity_error"
+    permanent = True
 
 
 class LuksError(StorageError):
