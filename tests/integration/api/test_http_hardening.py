@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,27 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def open_files_limit(pid: int) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open-files limit")
+
+
+def test_serve_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
+    code = (
+        "import resource\n"
+        "from modelgate.serve import raise_open_files\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "print(raise_open_files(10), hard)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    now, hard = out.stdout.split()
+    assert now == hard and int(hard) > 64
 
 
 async def pipeline_without_reading(port: int, requests: int, seconds: float) -> int:
@@ -79,6 +101,8 @@ async def test_a_client_that_pipelines_and_never_reads_does_not_grow_the_server(
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_ready(base, proc)
+        soft, hard = open_files_limit(proc.pid)
+        assert soft == hard  # raised at start (a default soft 1,024 would refuse clients early)
         # warm up: what answering allocates once (the same probe, small) is not growth
         await pipeline_without_reading(port, 2_000, 1.0)
         before = rss(proc.pid)
