@@ -56,6 +56,7 @@ log = logging.getLogger("modelgate.http")
 MAX_HEAD = 65536  # request line and headers of one request
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
 FEED = 4096  # bytes handed to the parser at a time (a read is parsed in slices)
+SWEEP_SLICE_S = 0.001  # the sweep yields to the loop after this much work
 REFUSED_LINGER_S = 1.0  # a connection over the cap: how long its request is read and dropped
 LINGER_S = 5.0  # how long the rest of a refused body is read and dropped
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
@@ -526,8 +527,12 @@ class HTTPServer:
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
+            since = time.perf_counter()
             for conn in list(self.connections):
                 conn.check_deadlines(now)
+                if time.perf_counter() - since > SWEEP_SLICE_S:  # let requests run between slices
+                    await asyncio.sleep(0)
+                    since = time.perf_counter()
 
     async def shutdown(self, drain_s: float) -> None:
         """Stop listening, let running requests finish for up to ``drain_s``, then cancel them."""
