@@ -67,9 +67,6 @@ class _HeadTooLarge(Exception):
     pass
 
 
-_CLOSED_PARSER = httptools.HttpRequestParser(None)  # what a closed connection holds instead
-
-
 class HTTPConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -143,7 +140,7 @@ class HTTPConnection(asyncio.Protocol):
         self._wake_writer()
         # the parser holds this protocol (its callbacks): break the cycle, so that a closed
         # connection is freed at once, not by a pass of the cyclic collector
-        self.parser = _CLOSED_PARSER
+        self.parser = None  # type: ignore[assignment]  # (nothing is fed after connection_lost)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -336,7 +333,7 @@ class HTTPConnection(asyncio.Protocol):
     def _resume_reading(self) -> None:
         self._paused_reading = False
         held, self._held = self._held, b""
-        if held:
+        if held and not self.closing:
             self.data_received(held)
         if not self._paused_reading and not self._last and not self.closing:
             self.transport.resume_reading()
