@@ -40,6 +40,14 @@ class ServerConfig(_Frozen):
     # timeout of a load balancer in front (AWS ALB 60 s, GCP 600 s), or the balancer
     # may reuse a connection just as it is closed here and answer its client 502
     keepalive_s: float = Field(75.0, ge=1)
+    # a request's head must arrive within head_timeout_s (of its first byte; of the
+    # connection's start for the first request) and its body within body_timeout_s of
+    # the head (408 after); a client that reads nothing of its answers for
+    # write_timeout_s is cut off; past max_connections a new connection gets a 503
+    head_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    write_timeout_s: float = Field(60.0, gt=0)
+    max_connections: int = Field(10_000, ge=1)
     # a stream whose first token is slow: after this long, the 200 goes out and an SSE
     # comment every this long keeps proxies' idle timeouts away (0: never)
     sse_keepalive_s: float = Field(15.0, ge=0)

@@ -117,6 +117,13 @@ class MethodNotAllowed(ModelGateError):
     type = "invalid_request_error"
     default_code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.allow = allow  # the methods the path answers (RFC 9110: a 405 carries Allow)
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": self.allow} if self.allow else super().headers()
+
 
 class PayloadTooLarge(ModelGateError):
     status = 413

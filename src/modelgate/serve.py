@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 from collections.abc import Coroutine
@@ -112,10 +113,29 @@ def _run_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
     run_loop(run_server(config, host, port, reuse_port=reuse_port))
 
 
+def raise_open_files(wanted: int) -> int:
+    """Raise the soft limit on open files to the hard one (a default soft limit of 1,024
+    would refuse clients long before ``server.max_connections``); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open-files limit", extra={"soft": soft, "error": str(exc)})
+    if soft != resource.RLIM_INFINITY and soft < wanted + 64:
+        log.warning(
+            "the open-files limit is below server.max_connections: connections past it are refused",
+            extra={"limit": soft, "max_connections": wanted},
+        )
+    return soft
+
+
 def serve(
     config: Config, *, host: str | None = None, port: int | None = None, workers: int | None = None
 ) -> int:
     setup_logging(config.server.log_level)
+    raise_open_files(config.server.max_connections)
     host, port = _resolve_bind(config, host, port)
     n = workers or config.server.workers
     port = _claim(host, port, reuse_port=n > 1)

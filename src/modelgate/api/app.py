@@ -63,7 +63,15 @@ class App:
         in-flight requests (up to ``drain_s``, the config's by default), then stop."""
         server = self.state.config.server
         async with self.lifespan():
-            http = HTTPServer(self.handle, max_body=server.max_body_bytes, keepalive_s=server.keepalive_s)
+            http = HTTPServer(
+                self.handle,
+                max_body=server.max_body_bytes,
+                keepalive_s=server.keepalive_s,
+                head_timeout_s=server.head_timeout_s,
+                body_timeout_s=server.body_timeout_s,
+                write_timeout_s=server.write_timeout_s,
+                max_connections=server.max_connections,
+            )
             try:
                 yield await http.listen(host, port, reuse_port=reuse_port)
             finally:

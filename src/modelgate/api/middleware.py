@@ -236,15 +236,32 @@ async def _guard(
             )
 
 
-class Routes:
-    """The route table: each handler behind the guard.  A path is matched exactly, or
-    by a prefix ending in one ``{name}`` that takes the rest of the path."""
+class _Methods(dict[str, "Handler"]):
+    """One path's handlers by method, and its answers to other methods (405) and OPTIONS."""
+
+    __slots__ = ("allow", "refuse")
 
     def __init__(self) -> None:
-        self._exact: dict[str, dict[str, Handler]] = {}
-        self._prefixed: list[tuple[str, str, dict[str, Handler]]] = []
+        super().__init__()
+        self.allow = "OPTIONS"
+        self.refuse: Handler = guarded(_not_allowed)
+
+    def add(self, method: str, handler: Handler, errors: ErrorRenderer = error_response) -> None:
+        self[method] = guarded(handler, errors)
+        self.allow = ", ".join([*sorted(m for m in self if m != "OPTIONS"), "OPTIONS"])
+        self["OPTIONS"] = guarded(functools.partial(_options, allow=self.allow))
+        self.refuse = guarded(functools.partial(_not_allowed, allow=self.allow))
+
+
+class Routes:
+    """The route table: each handler behind the guard.  A path is matched exactly, or
+    by a prefix ending in one ``{name}`` that takes the rest of the path.  Another
+    method is a 405 with ``Allow``; ``OPTIONS`` answers 200 with ``Allow``."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, _Methods] = {}
+        self._prefixed: list[tuple[str, str, _Methods]] = []
         self._not_found = guarded(_not_found)
-        self._not_allowed = guarded(_not_allowed)
 
     def get(self, path: str, handler: Handler, errors: ErrorRenderer = error_response) -> None:
         self._add("GET", path, handler, errors)
@@ -258,15 +275,20 @@ class Routes:
             if not name.endswith("}") or not prefix.endswith("/"):
                 raise ValueError(f"route {path!r}: a parameter is the last part of a path")
             found = [m for p, n, m in self._prefixed if p == prefix and n == name[:-1]]
-            methods = found[0] if found else {}
+            methods = found[0] if found else _Methods()
             if not found:
                 self._prefixed.append((prefix, name[:-1], methods))
         else:
-            methods = self._exact.setdefault(path, {})
-        methods[method] = guarded(handler, errors)
+            methods = self._exact.setdefault(path, _Methods())
+        methods.add(method, handler, errors)
 
     def has(self, method: str, path: str) -> bool:
         return method in self._exact.get(path, {})
+
+    def table(self) -> list[tuple[str, str]]:
+        """Every (method, path) served, OPTIONS aside (paths with their ``{name}``)."""
+        paths = [*self._exact.items(), *((p + "{" + n + "}", m) for p, n, m in self._prefixed)]
+        return sorted((method, path) for path, methods in paths for method in methods if method != "OPTIONS")
 
     def lookup(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The guarded handler for a request, and what the path's parameter matched."""
@@ -280,12 +302,16 @@ class Routes:
             else:
                 return self._not_found, match
         handler = methods.get(method)
-        return (self._not_allowed, match) if handler is None else (handler, match)
+        return (methods.refuse, match) if handler is None else (handler, match)
 
 
 async def _not_found(request: Request) -> Response:
     raise NotFound("Unknown route.")
 
 
-async def _not_allowed(request: Request) -> Response:
-    raise MethodNotAllowed(f"Method {request.method} is not allowed here.")
+async def _not_allowed(request: Request, *, allow: str = "OPTIONS") -> Response:
+    raise MethodNotAllowed(f"Method {request.method} is not allowed here.", allow=allow)
+
+
+async def _options(request: Request, *, allow: str) -> Response:
+    return Response(b"", status=200, content_type=None, headers={"allow": allow})

@@ -18,6 +18,20 @@ from modelgate.types import Chunk, GenerationRequest, Usage
 from modelgate.wire import anthropic, convert, render
 
 _JSON_TYPES = frozenset({"application/json", ""})
+MAX_DEPTH = 64  # nesting of a body's arrays and objects (orjson reads 1024, writes only 255)
+
+
+def _too_deep(raw: bytes, body: Any) -> bool:
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # (C speed) cannot be that deep
+        return False
+    stack = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def read_json(request: Request) -> Any:
@@ -27,11 +41,14 @@ def read_json(request: Request) -> Any:
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The body must be valid UTF-8 JSON."
         ) from None
+    if isinstance(body, dict | list) and _too_deep(raw, body):
+        raise InvalidRequest(f"The JSON body is nested deeper than {MAX_DEPTH} levels.")
+    return body
 
 
 def _model(router: Router, request: Request, body: Any) -> ModelHandle:

@@ -126,7 +126,7 @@ async def admin_keys(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     from modelgate.api.openapi import document
 
-    return _json(document())
+    return _json(document(state_of(request).config))
 
 
 def register(routes: Routes) -> None:

@@ -8,6 +8,10 @@ client's exceptions.  The pool of connections is ``http_client``'s.
 - a body is buffered up to ``HIGH_WATER`` bytes ahead of its reader, then the
   socket is paused until the reader catches up (an upstream is never read faster
   than the client takes it);
+- a gzip or deflate body (we ask for identity; some send it anyway) is inflated at
+  most ``INFLATE_STEP`` bytes at a time, the rest of its input kept compressed and
+  the socket paused until the reader has taken what was inflated: a small bomb never
+  inflates past what the reader accepts;
 - a response closed before its end closes its connection (the upstream sees the
   hang-up: that is how a gone client cancels an upstream request); one read to its
   end has already given its connection back to the pool.
@@ -24,6 +28,7 @@ import httptools
 
 MAX_HEAD = 65536  # status line and headers of one answer
 HIGH_WATER = 1 << 20  # body bytes buffered ahead of the reader before the socket pauses
+INFLATE_STEP = 1 << 16  # the most bytes one step of inflating a compressed body makes
 
 
 class Pool(Protocol):
@@ -70,10 +75,12 @@ class Response:
     __slots__ = (
         "_conn",
         "_decoder",
+        "_ended",
         "_error",
         "_fed",
         "_parts",
         "_size",
+        "_tail",
         "_waiter",
         "content_length",
         "eof",
@@ -98,6 +105,8 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._fed = False  # a compressed body has had bytes
+        self._tail = b""  # compressed bytes not inflated yet
+        self._ended = False  # the connection has delivered the whole body
         self.eof = False
 
     # --- the connection's side ---------------------------------------------------------
@@ -105,21 +114,41 @@ class Response:
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
             self._fed = True
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error as exc:
-                self._fail(MalformedResponse(f"a body that does not decode: {exc}"))
-                return
-            if not data:
-                return
+            if self._tail:  # still inflating what came before: keep it compressed
+                self._tail += data
+            else:
+                self._inflate(data)
+            return
         self._parts.append(data)
         self._size += len(data)
         if self._size > HIGH_WATER and self._conn is not None:
             self._conn.pause()
         self._wake()
 
+    def _inflate(self, data: bytes) -> None:
+        """One bounded step; what it could not take waits in ``_tail``, the socket paused."""
+        decoder = self._decoder
+        try:
+            out = decoder.decompress(data, INFLATE_STEP)
+        except zlib.error as exc:
+            self._tail = b""
+            self._fail(MalformedResponse(f"a body that does not decode: {exc}"))
+            return
+        self._tail = decoder.unconsumed_tail
+        if self._tail and self._conn is not None:
+            self._conn.pause()
+        if out:
+            self._parts.append(out)
+            self._size += len(out)
+            self._wake()
+
     def _end(self) -> None:
         self._conn = None  # the connection has moved on: never closed from here again
+        self._ended = True
+        if not self._tail:
+            self._complete()
+
+    def _complete(self) -> None:
         decoder = self._decoder
         if decoder is not None and self._fed:
             rest = decoder.flush()
@@ -150,6 +179,11 @@ class Response:
         while not self._parts:
             if self._error is not None:
                 raise self._error
+            if self._tail:
+                self._inflate(self._tail)
+                if not self._tail and self._ended:
+                    self._complete()
+                continue
             if self.eof:
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()
@@ -157,7 +191,11 @@ class Response:
         parts = self._parts
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
-        if self._size > HIGH_WATER and self._conn is not None:
+        if (
+            self._conn is not None
+            and (self._size > HIGH_WATER or self._decoder is not None)
+            and not self._tail
+        ):
             self._conn.resume()
         self._size = 0
         return data

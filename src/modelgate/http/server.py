@@ -6,7 +6,17 @@ request (``bench/passthrough_proxy.py ... raw``).
 What a connection does:
 
 - keep-alive, and pipelined requests answered in order (reading pauses while more
-  than ``MAX_PIPELINED`` wait);
+  than ``MAX_PIPELINED`` wait, and bytes are parsed ``FEED`` at a time so that one
+  read cannot queue thousands of requests; the rest of the read is held, unparsed);
+- the next answer waits while the client has not read the previous ones (the
+  transport is over its high-water mark), so a client that pipelines and never
+  reads holds a few answers, not all of them; one that reads nothing for
+  ``write_timeout_s`` is cut off;
+- a request's head must come whole within ``head_timeout_s`` of its first byte (of
+  the connection's start, for the first request) and its body within
+  ``body_timeout_s`` of the head: a 408, then the connection closes;
+- past ``max_connections`` a new connection is answered 503 (OpenAI-shaped, with
+  ``Retry-After``) and closed;
 - a request head over ``MAX_HEAD`` bytes is a 431, anything llhttp refuses a 400,
   both OpenAI-shaped, and the connection closes; requests parsed before such bytes
   (or before an ``Upgrade``, which is not followed) are answered first;
@@ -16,8 +26,7 @@ What a connection does:
   of the body is read and dropped for up to ``LINGER_S`` so that the client sees the
   answer, not a reset;
 - the handler is cancelled when its client goes away, a FIN included (that is how a
-  gone client cancels an upstream request); a client that reads nothing for
-  ``keepalive_s`` while an answer waits on it is cut off;
+  gone client cancels an upstream request);
 - a handler's own failure is a plain 500, then the connection closes;
 - a connection idle for ``keepalive_s`` (no request running, the next not
   complete) is closed;
@@ -39,13 +48,16 @@ from typing import Any
 import httptools
 import orjson
 
-from modelgate.errors import InternalError, InvalidRequest
+from modelgate.errors import InternalError, InvalidRequest, ServiceUnavailable
 from modelgate.http.messages import Request, Response, StreamResponse
 
 log = logging.getLogger("modelgate.http")
 
 MAX_HEAD = 65536  # request line and headers of one request
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
+FEED = 4096  # bytes handed to the parser at a time (a read is parsed in slices)
+SWEEP_SLICE_S = 0.001  # the sweep yields to the loop after this much work
+REFUSED_LINGER_S = 1.0  # a connection over the cap: how long its request is read and dropped
 LINGER_S = 5.0  # how long the rest of a refused body is read and dropped
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 INTERNAL_ERROR = orjson.dumps(InternalError("The server had an error while answering.").to_body())
@@ -60,11 +72,14 @@ class HTTPConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_body_since",
         "_body_size",
         "_drain",
         "_head_bytes",
         "_head_fresh",
+        "_head_since",
         "_headers",
+        "_held",
         "_in_head",
         "_last",
         "_linger",
@@ -97,6 +112,9 @@ class HTTPConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_head = False  # between on_message_begin and on_headers_complete
+        self._head_since: float | None = None  # when the head being read began (its deadline)
+        self._body_since: float | None = None  # when the body being read began
+        self._held = b""  # bytes read but not parsed: the pipeline was full
         self._head_fresh = False
         self._head_bytes = 0
         self._linger = False  # dropping the rest of a refused body
@@ -112,6 +130,7 @@ class HTTPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else "?"
         self._server.connections.add(self)
+        self._head_since = time.monotonic()  # the first request's head is due from now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -119,6 +138,9 @@ class HTTPConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
         self._wake_writer()
+        # the parser holds this protocol (its callbacks): break the cycle, so that a closed
+        # connection is freed at once, not by a pass of the cyclic collector
+        self.parser = None  # type: ignore[assignment]  # (nothing is fed after connection_lost)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -133,6 +155,20 @@ class HTTPConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= FEED:
+            self._feed(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), FEED):
+            if self._pipeline_full() or self.closing or self._last:
+                self._held = data[start:]  # parsed when the pipeline has room again
+                return
+            self._feed(view[start : start + FEED])
+
+    def _pipeline_full(self) -> bool:
+        return self._paused_reading and len(self._pending) >= MAX_PIPELINED
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -154,6 +190,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        if self._head_since is None:  # (the first request's clock started with the connection)
+            self._head_since = time.monotonic()
         self._head_fresh = True
         self._head_bytes = 0
         self._url = b""
@@ -171,6 +209,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_since = None
+        self._body_since = time.monotonic()
         headers: dict[str, str] = {}
         size = len(self._url)
         for raw_name, raw_value in self._headers:
@@ -223,6 +263,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request, self._request = self._request, None
+        self._body_since = None
         if self._linger:
             self._linger = False
             if self.task is None:  # answered already: the rest of the body is dropped
@@ -272,10 +313,11 @@ class HTTPConnection(asyncio.Protocol):
                     return
                 if not self._pending:
                     return
+                if self._paused_writing:  # the client has not read what is sent: wait for it
+                    await self.drain()
                 request = self._pending.popleft()
                 if self._paused_reading and not self._last and len(self._pending) < MAX_PIPELINED // 2:
-                    self._paused_reading = False
-                    self.transport.resume_reading()
+                    self._resume_reading()
         except (asyncio.CancelledError, ConnectionError):
             self.close()  # the client went away, or the server is stopping
         except Exception:
@@ -288,6 +330,14 @@ class HTTPConnection(asyncio.Protocol):
             self.task = None
             self.idle_since = time.monotonic()
 
+    def _resume_reading(self) -> None:
+        self._paused_reading = False
+        held, self._held = self._held, b""
+        if held and not self.closing:
+            self.data_received(held)
+        if not self._paused_reading and not self._last and not self.closing:
+            self.transport.resume_reading()
+
     def _end(self) -> None:
         """After an answer that ends the connection: close, or drop the rest of a refused body first."""
         if not self._linger:
@@ -296,19 +346,34 @@ class HTTPConnection(asyncio.Protocol):
         self._pending.clear()
         asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, code: str | None = None) -> None:
         """The request cannot be parsed: an OpenAI-shaped error, then close; or, while
         earlier requests are being answered, their answers, then close."""
         if self.task is not None:
             self._stop_reading()
             return
         if not self.closing:
-            err = InvalidRequest(
-                message, code="malformed_http" if status == 400 else "request_header_too_large"
-            )
+            if code is None:
+                code = "malformed_http" if status == 400 else "request_header_too_large"
+            err = InvalidRequest(message, code=code)
             body = Response(orjson.dumps(err.to_body()), status=status)
             self.write(body.encode(self._server.date(), b"connection: close\r\n"))
         self.close()
+
+    def check_deadlines(self, now: float) -> None:
+        """The sweep's look: a head or body past its deadline, or a connection idle too long."""
+        server = self._server
+        head, body = self._head_since, self._body_since
+        if head is not None and now - head > server.head_timeout_s:
+            self._timed_out(f"The request head did not arrive within {server.head_timeout_s:g} s.")
+        elif body is not None and now - body > server.body_timeout_s and not self._linger:
+            self._timed_out(f"The request body did not arrive within {server.body_timeout_s:g} s.")
+        elif self.task is None and now - self.idle_since > server.keepalive_s:
+            self.close()
+
+    def _timed_out(self, message: str) -> None:
+        self._head_since = self._body_since = None
+        self._refuse(408, message, "request_timeout")
 
     def _stop_reading(self) -> None:
         """Nothing more is read: what is parsed is answered, then the connection ends."""
@@ -348,7 +413,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._paused_writing:
             waiter = self._drain = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(waiter, self._server.keepalive_s)
+                await asyncio.wait_for(waiter, self._server.write_timeout_s)
             except TimeoutError:  # a client that stops reading does not hold its request forever
                 self.abort()
                 raise ConnectionResetError("the client stopped reading") from None
@@ -373,13 +438,48 @@ class HTTPConnection(asyncio.Protocol):
         return self.task is None and self._request is None
 
 
+class _Refused(asyncio.Protocol):
+    """A connection over ``max_connections``: a 503, then closed (what it sent is dropped)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self._answer)
+        if transport.can_write_eof():
+            transport.write_eof()  # then read and drop its request a moment: no reset before the answer
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+
 class HTTPServer:
     """Listening sockets, their connections, and the handler every request goes to."""
 
-    def __init__(self, handler: Handler, *, max_body: int, keepalive_s: float = 75.0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body: int,
+        keepalive_s: float = 75.0,
+        head_timeout_s: float = 10.0,
+        body_timeout_s: float = 60.0,
+        write_timeout_s: float = 60.0,
+        max_connections: int = 10_000,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive_s = keepalive_s
+        self.head_timeout_s = head_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.max_connections = max_connections
+        self.refused = 0  # connections answered 503 for being over the cap
         self.connections: set[HTTPConnection] = set()
         self.draining = False
         self._servers: list[asyncio.Server] = []
@@ -393,13 +493,21 @@ class HTTPServer:
         """Start listening; the address really bound (port 0 picks one)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: HTTPConnection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+            self._protocol, host, port, reuse_port=reuse_port or None, backlog=backlog
         )
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
         sockname: Any = server.sockets[0].getsockname()
         return sockname[0], sockname[1]
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self.connections) < self.max_connections:
+            return HTTPConnection(self)
+        self.refused += 1
+        err = ServiceUnavailable("The server has too many connections; try again.", retry_after=1)
+        answer = Response(orjson.dumps(err.to_body()), status=503, headers=err.headers())
+        return _Refused(answer.encode(self.date(), b"connection: close\r\n"))
 
     def date(self) -> bytes:
         """The ``date`` header line, made once a second."""
@@ -410,12 +518,18 @@ class HTTPServer:
         return self._date
 
     async def _sweep(self) -> None:
-        """Close connections idle for longer than keep-alive (or a request that never completes)."""
+        """Close connections idle for longer than keep-alive, or whose request's head or
+        body is past its deadline (checked four times a second: each pass closes fewer at once)."""
+        every = min(0.25, self.keepalive_s / 2, self.head_timeout_s / 2, self.body_timeout_s / 2)
         while True:
-            await asyncio.sleep(min(5.0, self.keepalive_s / 2))
-            cutoff = time.monotonic() - self.keepalive_s
-            for conn in [c for c in self.connections if c.task is None and c.idle_since < cutoff]:
-                conn.close()
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            since = time.perf_counter()
+            for conn in list(self.connections):
+                conn.check_deadlines(now)
+                if time.perf_counter() - since > SWEEP_SLICE_S:  # let requests run between slices
+                    await asyncio.sleep(0)
+                    since = time.perf_counter()
 
     async def shutdown(self, drain_s: float) -> None:
         """Stop listening, let running requests finish for up to ``drain_s``, then cancel them."""

@@ -178,6 +178,12 @@ def chat_request(body: Any, model: ModelConfig, limits: LimitsConfig, request_id
         raise InvalidRequest("top_logprobs is too large.", param="top_logprobs")
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    if (
+        req.max_tokens is not None and req.max_tokens > limits.max_tokens
+    ):  # (also beside max_completion_tokens)
+        raise InvalidRequest(
+            f"max_tokens is too large: {req.max_tokens} (at most {limits.max_tokens}).", param="max_tokens"
+        )
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sampling = _sampling(req, limits, max_tokens, bool(req.logprobs), req.top_logprobs)
     if req.response_format is not None and req.response_format.get("type") not in (

@@ -16,15 +16,15 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 class _Body(BaseModel):
     # Unknown keys are kept so that the extras policy (convert.py) can reject them by
     # name or forward them when a model allows them.
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)  # no "5" or true for 5
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     type: str
     text: str | None = None
 
