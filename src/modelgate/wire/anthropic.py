@@ -58,13 +58,13 @@ class ToolIn(_Loose):
 
 class MessagesRequest(_Loose):
     model: str = Field(min_length=1, max_length=256)
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, strict=True)
     messages: list[MessageIn] = Field(min_length=1)
     system: str | list[Block] | None = None
     stop_sequences: list[str] | None = None
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=1, strict=True)
+    top_p: float | None = Field(None, gt=0, le=1, strict=True)
+    top_k: int | None = Field(None, ge=0, strict=True)
     metadata: dict[str, Any] | None = None
     stream: StrictBool | None = None
     tools: list[ToolIn] | None = None
@@ -74,7 +74,7 @@ class MessagesRequest(_Loose):
 
 
 class CountTokensRequest(MessagesRequest):
-    max_tokens: int = 1
+    max_tokens: int = Field(1, strict=True)
 
 
 # hosted-only or advisory fields: accepted and dropped (the spec allows ignoring them)

@@ -37,9 +37,9 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: StrictBool | None = None
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    max_output_tokens: int | None = Field(None, ge=1, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(None, gt=0, le=1, strict=True)
     stream: StrictBool | None = None
     store: StrictBool | None = None
     previous_response_id: str | None = None
