@@ -20,14 +20,11 @@ import torch
 from modelgate.engine.batching import BatchLimits, BatchScheduler
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
-from modelgate.engine.sampling import make_generator, sample_batch
+from modelgate.engine.sampling import TokenStats, make_generator, sample_batch
 from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent, merge_events
 from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
 
 log = logging.getLogger(__name__)
-
-_EMPTY = torch.empty(0, dtype=torch.long)
-
 
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
@@ -46,6 +43,7 @@ class Engine:
         self._backend_tok = loaded.tokenizer.backend_tokenizer
         self._sched: BatchScheduler[Sequence] = BatchScheduler(limits)
         self._batch = KVBatch(loaded.model, loaded.device)
+        self._stats = TokenStats(loaded.device)  # the penalties' token counts, row for row with _batch
         self._rows: list[Sequence] = []  # row order of the KV batch
         self._inbox: list[Sequence] = []
         self._holding: list[Sequence] = []  # sequences with output not yet delivered
@@ -79,6 +77,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._batch.clear()
+        self._stats.clear()
         self.loaded = None  # type: ignore[assignment]
         self._batch.model = None
         if torch.cuda.is_available():
@@ -181,7 +180,7 @@ class Engine:
                     events.extend((s, s.fail(err)) for s in self._rows)
                     self._sched.finish(self._rows)
                     self._rows = []
-                    self._batch.clear()
+                    self._clear_batch()
                 self.steps += 1
                 self._release_held(events)
                 self._deliver(events)
@@ -213,8 +212,10 @@ class Engine:
             events.extend((s, s.fail(err)) for s in joins)
             self._sched.finish(joins)
             return
+        start = len(self._rows)
         self._rows.extend(joins)
-        self._sample(joins, logits, events)
+        self._stats.join([s.prompt_ids for s in joins], [s.params.sampling for s in joins], logits.shape[-1])
+        self._sample(joins, logits, events, start)
 
     def _batch_prefill(self, joins: list[Sequence]) -> torch.Tensor:
         before = self._batch.rows
@@ -236,10 +237,10 @@ class Engine:
             # Fail the newest request and let the rest go on at the next step.
             victim = self._rows[-1]
             events.append((victim, victim.fail(OutOfMemory(f"out of memory: {exc}", retry_after=1))))
-            self._batch.clear()
+            self._clear_batch()
             self._fail_running(events)
             return
-        self._sample(self._rows, logits, events)
+        self._sample(self._rows, logits, events, 0)
 
     def _fail_running(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
         """After losing the cache, the survivors fail too (their KV state is gone)."""
@@ -250,16 +251,29 @@ class Engine:
         self._sched.finish(self._rows)
         self._rows = []
 
+    def _clear_batch(self) -> None:
+        self._batch.clear()
+        self._stats.clear()
+
     def _sample(
-        self, seqs: list[Sequence], logits: torch.Tensor, events: list[tuple[Sequence, TokenEvent]]
+        self,
+        seqs: list[Sequence],
+        logits: torch.Tensor,
+        events: list[tuple[Sequence, TokenEvent]],
+        start: int,
     ) -> None:
+        """Sample rows ``start ..`` of the batch (``seqs``); a row whose logits are not
+        finite fails alone."""
         cfgs = [s.params.sampling for s in seqs]
-        seen = [self._seen(s) for s in seqs]
-        tokens = sample_batch(logits, cfgs, [s.generator for s in seqs], seen)
-        for seq, token in zip(seqs, tokens, strict=True):
+        out = sample_batch(logits, cfgs, [s.generator for s in seqs], self._stats, start)
+        for seq, token, logprob in zip(seqs, out.tokens, out.logprobs, strict=True):
             if seq.cancelled:
                 continue
-            event = seq.accept(token)
+            if token < 0:
+                err = EngineError("the model's scores for this request are not finite (NaN or infinite)")
+                events.append((seq, seq.fail(err)))
+                continue
+            event = seq.accept(token, logprob)
             if event is not None:
                 seq.hold(event)
                 self._holding.append(seq)
@@ -282,11 +296,6 @@ class Engine:
                 keep.append(seq)
         self._holding = keep
 
-    def _seen(self, seq: Sequence) -> torch.Tensor:
-        if seq.params.sampling.repetition_penalty == 1.0:
-            return _EMPTY
-        return torch.tensor(seq.prompt_ids + seq.generated, dtype=torch.long, device=self.loaded.device)
-
     def _drop(self) -> None:
         """Remove finished and cancelled rows from the KV batch and the scheduler."""
         gone = [s for s in self._rows if s.finished or s.cancelled]
@@ -294,6 +303,7 @@ class Engine:
             return
         keep = [i for i, s in enumerate(self._rows) if not (s.finished or s.cancelled)]
         self._batch.keep(keep)
+        self._stats.keep(keep)
         self._rows = [self._rows[i] for i in keep]
         self._sched.finish(gone)
 
