@@ -45,7 +45,9 @@ async def _round(engine: object, prompts: list[list[int]], mode: str, tokens: in
         return sum([len(e.token_ids) async for e in engine.events(seq)])  # type: ignore[attr-defined]
 
     t = time.perf_counter()
-    counts = await asyncio.gather(*(one(p, c) for p, c in zip(prompts, _configs(mode, len(prompts)), strict=True)))
+    counts = await asyncio.gather(
+        *(one(p, c) for p, c in zip(prompts, _configs(mode, len(prompts)), strict=True))
+    )
     return sum(counts) / (time.perf_counter() - t)
 
 
@@ -71,11 +73,16 @@ async def main() -> None:
         engine = Engine(loaded, BatchLimits(max_batch_size=max(32, args.streams)))
         engine.start()
         try:
-            prompts = [loaded.tokenizer(f"Hello world, tell me a story about number {i}")["input_ids"] for i in range(args.streams)]
+            prompts = [
+                loaded.tokenizer(f"Hello world, tell me a story about number {i}")["input_ids"]
+                for i in range(args.streams)
+            ]
             for mode in args.modes.split(","):
                 await _round(engine, prompts, mode, 8)  # warm
                 rates = [await _round(engine, prompts, mode, args.tokens) for _ in range(args.rounds)]
-                print(f"{args.size} {args.streams} streams {mode:8s} {statistics.median(rates):9.0f} tok/s  ({', '.join(f'{r:.0f}' for r in rates)})")
+                print(
+                    f"{args.size} {args.streams} streams {mode:8s} {statistics.median(rates):9.0f} tok/s  ({', '.join(f'{r:.0f}' for r in rates)})"
+                )
         finally:
             engine.close()
 

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 
 from modelgate.engine.batching import BatchLimits, BatchScheduler
+from modelgate.engine.detok import TokenBytes
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
-from modelgate.engine.sampling import TokenStats, make_generator, sample_batch
+from modelgate.engine.sampling import SamplingConfig, TokenStats, make_generator, sample_batch
 from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent, merge_events
 from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
 
 log = logging.getLogger(__name__)
+
 
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
@@ -41,6 +43,10 @@ class Engine:
         self.limits = limits
         self.tokenizer = loaded.tokenizer
         self._backend_tok = loaded.tokenizer.backend_tokenizer
+        self.token_bytes = TokenBytes(loaded.tokenizer)  # for log-probabilities' tokens
+        config = loaded.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.vocab_size = int(getattr(text_config, "vocab_size", 0) or len(loaded.tokenizer))
         self._sched: BatchScheduler[Sequence] = BatchScheduler(limits)
         self._batch = KVBatch(loaded.model, loaded.device)
         self._stats = TokenStats(loaded.device)  # the penalties' token counts, row for row with _batch
@@ -104,7 +110,17 @@ class Engine:
             )
         return room if requested is None else requested
 
+    def check_sampling(self, cfg: SamplingConfig) -> None:
+        """Refuse what this model cannot sample (bounds of values are checked at the edge)."""
+        bad = next((t for t, _ in cfg.logit_bias if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"logit_bias names token {bad}, outside this model's vocabulary of {self.vocab_size}",
+                param="logit_bias",
+            )
+
     def submit(self, prompt_ids: list[int], params: SeqParams) -> Sequence:
+        self.check_sampling(params.sampling)
         if self._stopping:
             raise ShuttingDown("the engine is shutting down", retry_after=1)
         seq = Sequence(

@@ -193,7 +193,9 @@ def _filter(x: torch.Tensor, cfgs: Sequence[SamplingConfig]) -> torch.Tensor:
     return x
 
 
-def _draw(x: torch.Tensor, cfgs: Sequence[SamplingConfig], gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+def _draw(
+    x: torch.Tensor, cfgs: Sequence[SamplingConfig], gens: Sequence[torch.Generator | None]
+) -> torch.Tensor:
     """Sample one token per row: temperature, filters, then the exponential race
     (``argmax(p / q)``, ``q ~ Exp(1)`` from the row's own generator), which is a draw
     from ``p``."""
@@ -253,7 +255,11 @@ def sample_batch(
     out: list[TokenLogprob | None] = [None] * len(cfgs)
     if raw is not None:
         index = torch.tensor(want_lp, dtype=torch.long, device=x.device)
-        for i, lp in zip(want_lp, _top(raw, tokens.index_select(0, index), [cfgs[i].top_logprobs for i in want_lp]), strict=True):
+        for i, lp in zip(
+            want_lp,
+            _top(raw, tokens.index_select(0, index), [cfgs[i].top_logprobs for i in want_lp]),
+            strict=True,
+        ):
             out[i] = lp
     return StepSample(tokens.tolist(), out)
 

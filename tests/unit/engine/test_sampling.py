@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import torch
@@ -173,9 +174,9 @@ def test_log_probabilities_are_the_models_before_penalties_and_temperature():
     ref = x.log_softmax(-1)
     for row, (token, lp) in enumerate(zip(out.tokens, out.logprobs, strict=True)):
         assert lp is not None and math.isclose(lp[0], float(ref[row, token]), rel_tol=1e-6)
-    chosen, top = out.logprobs[0]
+    _chosen, top = out.logprobs[0]
     assert [t for t, _ in top] == ref[0].topk(3).indices.tolist() and top[0][0] == out.tokens[0]
-    assert all(a[1] >= b[1] for a, b in zip(top, top[1:], strict=False))
+    assert all(a[1] >= b[1] for a, b in itertools.pairwise(top))
     assert out.logprobs[1][1] == ()
 
 
