@@ -24,14 +24,6 @@ from typing import Any
 
 import torch
 
-# Below this, a positive temperature cannot be sampled meaningfully (logits / T
-# overflows float32): validation refuses it, 0 means greedy.
-MIN_TEMPERATURE = 1e-6
-# The repetition penalty divides or multiplies logits: outside this range it
-# overflows them, and no model is usefully steered by it anyway.
-MIN_REPETITION_PENALTY = 1e-2
-MAX_REPETITION_PENALTY = 100.0
-
 # (logprob of the chosen token, ((token id, logprob), ...) of the top alternatives)
 TokenLogprob = tuple[float, tuple[tuple[int, float], ...]]
 
