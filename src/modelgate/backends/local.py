@@ -206,12 +206,19 @@ class _Logprobs:
         self._chat = kind == "chat"
         self._offset = [0] * choices  # completions: where the next token starts in the text
 
-    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+    def _text(self, token: int) -> str:
+        """The token as text; one that is not whole UTF-8 as ``bytes:\\xe2\\x80``, as OpenAI writes it."""
         raw = self._bytes(token)
+        try:
+            return str(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
         return {
-            "token": raw.decode("utf-8", errors="replace"),
+            "token": self._text(token),
             "logprob": max(logprob, _FLOOR),
-            "bytes": list(raw),
+            "bytes": list(self._bytes(token)),
         }
 
     def of(self, index: int, event: TokenEvent) -> dict[str, Any] | None:
@@ -234,8 +241,8 @@ class _Logprobs:
             "text_offset": [],
         }
         for t, (lp, top) in pairs:
-            text = self._bytes(t).decode("utf-8", errors="replace")
-            alternatives = {self._bytes(i).decode("utf-8", errors="replace"): max(v, _FLOOR) for i, v in top}
+            text = self._text(t)
+            alternatives = {self._text(i): max(v, _FLOOR) for i, v in top}
             alternatives.setdefault(text, max(lp, _FLOOR))  # the chosen token is always there
             out["tokens"].append(text)
             out["token_logprobs"].append(max(lp, _FLOOR))
