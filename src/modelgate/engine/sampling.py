@@ -111,12 +111,14 @@ class TokenStats:
         if not rows:
             self.clear()
             return
+        self.rows = len(rows)
+        if self.seen is None and self.counts is None:
+            return
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         if self.seen is not None:
             self.seen = self.seen.index_select(0, index)
         if self.counts is not None:
             self.counts = self.counts.index_select(0, index)
-        self.rows = len(rows)
 
     def add(self, start: int, tokens: torch.Tensor) -> None:
         """Record the tokens just sampled for rows ``start ..`` (``-1``: a failed row)."""
@@ -234,12 +236,12 @@ def sample_batch(
     if any(c.penalised for c in cfgs):
         x = apply_penalties(x, cfgs, stats, start)
     finite = torch.isfinite(x.amax(-1))
-    x = torch.where(finite.unsqueeze(-1), x, 0.0)
     tokens = x.argmax(-1)
     sampled = [i for i, c in enumerate(cfgs) if not c.greedy]
     if sampled:
         index = torch.tensor(sampled, dtype=torch.long, device=x.device)
-        drawn = _draw(x.index_select(0, index), [cfgs[i] for i in sampled], [gens[i] for i in sampled])
+        rows = torch.where(finite.unsqueeze(-1), x, 0.0).index_select(0, index)  # no NaN into the draw
+        drawn = _draw(rows, [cfgs[i] for i in sampled], [gens[i] for i in sampled])
         tokens = tokens.index_copy(0, index, drawn)
     tokens = torch.where(finite, tokens, -1)
     if stats is not None:
