@@ -200,7 +200,8 @@ async def test_log_probabilities_come_with_every_token(engine, loaded):
     tokens = [t for e in events for t in e.token_ids]
     lps = [lp for e in events for lp in e.logprobs]
     assert len(lps) == len(tokens) == 12
-    ref = loaded.model(torch.tensor([prompt + tokens])).logits[0].log_softmax(-1)
+    with torch.no_grad():
+        ref = loaded.model(torch.tensor([prompt + tokens])).logits[0].log_softmax(-1)
     for i, (token, (chosen, top)) in enumerate(zip(tokens, lps, strict=True)):
         want = ref[len(prompt) - 1 + i]
         assert abs(chosen - float(want[token])) < 1e-4
