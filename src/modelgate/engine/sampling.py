@@ -18,8 +18,9 @@ token ``-1``: the engine fails that request alone, the others go on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +41,11 @@ class SamplingConfig:
     seed: int | None = None
     logprobs: bool = False  # report the chosen token's log-probability
     top_logprobs: int = 0  # and this many most likely tokens
+    # greedy, no penalties, no log-probabilities: the batch's one-``max`` path (set once)
+    fast: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fast", self.plain_greedy and not self.logprobs)
 
     @property
     def greedy(self) -> bool:
@@ -88,6 +94,10 @@ class TokenStats:
         self.seen: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
 
+    @property
+    def active(self) -> bool:
+        return self.seen is not None or self.counts is not None
+
     def clear(self) -> None:
         self.rows, self.seen, self.counts = 0, None, None
 
@@ -112,7 +122,7 @@ class TokenStats:
             self.clear()
             return
         self.rows = len(rows)
-        if self.seen is None and self.counts is None:
+        if not self.active:
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         if self.seen is not None:
@@ -122,7 +132,7 @@ class TokenStats:
 
     def add(self, start: int, tokens: torch.Tensor) -> None:
         """Record the tokens just sampled for rows ``start ..`` (``-1``: a failed row)."""
-        if self.seen is None and self.counts is None:
+        if not self.active:
             return
         rows = torch.arange(start, start + tokens.shape[0], device=self.device)
         ok = tokens >= 0
@@ -224,13 +234,14 @@ def sample_batch(
     start: int = 0,
 ) -> StepSample:
     """``logits``: ``[rows, vocab]`` for each row's last position (batch rows ``start ..``)."""
-    want_lp = [i for i, c in enumerate(cfgs) if c.logprobs]
-    if not want_lp and all(c.plain_greedy for c in cfgs):
+    if all(c.fast for c in cfgs):
         best, tokens = logits.max(-1)
-        tokens = torch.where(torch.isfinite(best), tokens, -1)
-        if stats is not None:
-            stats.add(start, tokens)
-        return StepSample(tokens.tolist(), [None] * len(cfgs))
+        # the finiteness test in Python: cheaper than another tensor op for a few rows
+        ids = [t if math.isfinite(v) else -1 for t, v in zip(tokens.tolist(), best.tolist(), strict=True)]
+        if stats is not None and stats.active:
+            stats.add(start, torch.tensor(ids, device=logits.device))
+        return StepSample(ids, [None] * len(cfgs))
+    want_lp = [i for i, c in enumerate(cfgs) if c.logprobs]
     x = logits.float()
     raw = x.index_select(0, torch.tensor(want_lp, device=x.device)).log_softmax(-1) if want_lp else None
     if any(c.penalised for c in cfgs):
