@@ -93,7 +93,15 @@ async def test_completion_logprobs_whole_and_streamed(url):
         for t in lp["tokens"]
     )
     assert raw.decode(errors="replace") == whole["choices"][0]["text"]
-    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(10)]
+    text, offsets = whole["choices"][0]["text"], lp["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(text)
+    exact = [text[at:].startswith(tok) for tok, at in zip(lp["tokens"], offsets, strict=True)]
+    # every token that is whole UTF-8 is found at its offset
+    assert all(ok or tok.startswith("bytes:") for ok, tok in zip(exact, lp["tokens"], strict=True)), (
+        lp["tokens"],
+        offsets,
+        text,
+    )
     for tok, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
         assert top[tok] == value and 1 <= len(top) <= 3 and max(top.values()) == value
     status, events = await post(url, "completions", {**body, "stream": True})

@@ -8,6 +8,7 @@ requests that arrive meanwhile wait for it.  Torch never runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,7 +205,10 @@ class _Logprobs:
     def __init__(self, engine: Any, kind: str, choices: int):
         self._bytes = engine.token_bytes
         self._chat = kind == "chat"
-        self._offset = [0] * choices  # completions: where the next token starts in the text
+        # completions' text_offset: characters of the text so far, counted from the
+        # tokens' bytes (a token inside a multi-byte character starts where it starts)
+        self._decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(choices)]
+        self._offset = [0] * choices
 
     def _text(self, token: int) -> str:
         """The token as text; one that is not whole UTF-8 as ``bytes:\\xe2\\x80``, as OpenAI writes it."""
@@ -220,6 +224,16 @@ class _Logprobs:
             "logprob": max(logprob, _FLOOR),
             "bytes": list(self._bytes(token)),
         }
+
+    def _text_offset(self, index: int, raw: bytes) -> int:
+        """Where this token starts in the text.  Bytes left over from an unfinished
+        character become one U+FFFD before it, unless it carries on that character."""
+        decoder = self._decoders[index]
+        pending = decoder.getstate()[0]
+        carries_on = bool(raw) and 0x80 <= raw[0] <= 0xBF
+        at = self._offset[index] + (1 if pending and not carries_on else 0)
+        self._offset[index] += len(decoder.decode(raw))
+        return at
 
     def of(self, index: int, event: TokenEvent) -> dict[str, Any] | None:
         pairs = list(zip(event.token_ids, event.logprobs, strict=True))
@@ -247,8 +261,7 @@ class _Logprobs:
             out["tokens"].append(text)
             out["token_logprobs"].append(max(lp, _FLOOR))
             out["top_logprobs"].append(alternatives)
-            out["text_offset"].append(self._offset[index])
-            self._offset[index] += len(text)
+            out["text_offset"].append(self._text_offset(index, self._bytes(t)))
         return out
 
 

@@ -24,6 +24,7 @@ from modelgate.services import Services
 from modelgate.worker.tgi_schema import CompatGenerateRequest, GenerateRequest, ValidationError
 
 MAX_STOP = 4
+_FLOOR = -9999.0  # a log-probability of minus infinity (JSON has none)
 
 
 def register_tgi_routes(routes: Routes) -> None:
@@ -106,6 +107,8 @@ def _prepare(local: LocalModel, body: GenerateRequest, *, stream: bool) -> _Run:
 
 def _token(local: LocalModel, token_id: int, text: str, logprob: float | None) -> dict[str, Any]:
     special = token_id in local.loaded.eos_token_ids
+    if logprob is not None:
+        logprob = max(logprob, _FLOOR)
     return {"id": token_id, "text": "" if special else text, "logprob": logprob, "special": special}
 
 
