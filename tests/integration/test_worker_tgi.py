@@ -128,7 +128,11 @@ async def test_bodies_conform_to_the_tgi_spec(worker, spec):
             assert r.status == 200
             out = await r.json()
             validate(spec, "GenerateResponse", out)
-            assert out["details"]["prefill"]
+            prefill = out["details"]["prefill"]
+            assert prefill[0]["logprob"] is None and len(prefill) > 1
+            assert all(isinstance(t["logprob"], float) and t["logprob"] <= 0 for t in prefill[1:])
+            assert all(isinstance(t["logprob"], float) for t in out["details"]["tokens"])
+            assert all(len(top) == 2 for top in out["details"]["top_tokens"])
         stream_body = {**body, "parameters": {**body["parameters"], "decoder_input_details": False}}
         async with s.post(f"{worker}/generate_stream", json=stream_body) as r:
             assert r.status == 200 and r.content_type == "text/event-stream"

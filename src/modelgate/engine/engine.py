@@ -235,12 +235,25 @@ class Engine:
 
     def _batch_prefill(self, joins: list[Sequence]) -> torch.Tensor:
         before = self._batch.rows
+        every = any(s.params.prompt_logprobs for s in joins)
         try:
-            return self._batch.prefill([s.prompt_ids for s in joins])
+            logits = self._batch.prefill([s.prompt_ids for s in joins], all_positions=every)
         except Exception:
             if self._batch.rows != before:  # spliced, then failed: undo
                 self._batch.keep(list(range(before)))
             raise
+        if not every:
+            return logits
+        width = logits.shape[1]
+        for i, seq in enumerate(joins):
+            n = seq.prompt_len
+            if seq.params.prompt_logprobs and n > 1:
+                rows = logits[i, width - n : width - 1].float().log_softmax(-1)
+                ids = torch.tensor(seq.prompt_ids[1:], dtype=torch.long, device=rows.device).unsqueeze(-1)
+                seq.prompt_logprobs = [None, *rows.gather(1, ids).squeeze(-1).tolist()]
+            elif seq.params.prompt_logprobs:
+                seq.prompt_logprobs = [None]
+        return logits[:, -1, :]
 
     def _decode(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
         tokens = [s.generated[-1] for s in self._rows]

@@ -20,6 +20,8 @@ class SeqParams:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # the log-probability of each prompt token given the ones before (TGI's prefill details)
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ class Sequence:
         self.loop = loop
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.generator: Any = None
+        # set by the step thread before the first event, when params.prompt_logprobs
+        self.prompt_logprobs: list[float | None] | None = None
         self.finished = False
         self._cancelled = False
         # Output not yet handed to the event loop, and the step it was last handed at.

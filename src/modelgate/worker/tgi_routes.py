@@ -17,7 +17,7 @@ import orjson
 from modelgate import __version__
 from modelgate.api.middleware import Routes
 from modelgate.engine.runtime import LocalModel
-from modelgate.engine.sequence import SeqParams, TokenEvent
+from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.services import Services
@@ -67,6 +67,7 @@ class _Run:
     top_tokens: list[list[dict[str, Any]]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     last: TokenEvent | None = None
+    seq: Sequence | None = None
 
 
 async def _parse(request: Request, model: type[GenerateRequest]) -> GenerateRequest:
@@ -102,7 +103,8 @@ def _prepare(local: LocalModel, body: GenerateRequest, *, stream: bool) -> _Run:
     # Streamed tokens always carry their logprob, as TGI's do; whole answers with details.
     sampling = p.sampling_config(logprobs=stream or p.details)
     engine.check_sampling(sampling)
-    return _Run(body, ids, SeqParams(max_new, sampling, tuple(p.stop)))
+    params = SeqParams(max_new, sampling, tuple(p.stop), prompt_logprobs=p.decoder_input_details)
+    return _Run(body, ids, params)
 
 
 def _token(local: LocalModel, token_id: int, text: str, logprob: float | None) -> dict[str, Any]:
@@ -120,7 +122,7 @@ def _top_tokens(local: LocalModel, top: tuple[tuple[int, float], ...]) -> list[d
 async def _events(local: LocalModel, run: _Run) -> AsyncIterator[tuple[dict[str, Any], bool]]:
     """(token, is_last) per generated token, recording text and details in ``run``."""
     engine = local.require_engine()
-    seq = engine.submit(run.prompt, run.params)
+    seq = run.seq = engine.submit(run.prompt, run.params)
     async for event in engine.events(seq):
         run.text.append(event.text)
         run.last = event
@@ -137,7 +139,15 @@ def _details(local: LocalModel, run: _Run) -> dict[str, Any]:
     assert run.last is not None
     prefill = []
     if run.body.parameters.decoder_input_details:
-        prefill = [{"id": t, "text": local.loaded.tokenizer.decode([t]), "logprob": None} for t in run.prompt]
+        given = (run.seq.prompt_logprobs if run.seq is not None else None) or [None] * len(run.prompt)
+        prefill = [
+            {
+                "id": t,
+                "text": local.loaded.tokenizer.decode([t]),
+                "logprob": None if lp is None else max(lp, _FLOOR),
+            }
+            for t, lp in zip(run.prompt, given, strict=True)
+        ]
     return {
         "finish_reason": run.last.stop_reason or "length",
         "generated_tokens": run.last.completion_tokens,

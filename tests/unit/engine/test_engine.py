@@ -208,6 +208,14 @@ async def test_log_probabilities_come_with_every_token(engine, loaded):
         assert [t for t, _ in top] == want.topk(4).indices.tolist() and top[0][0] == token
     _text, plain = await run(engine, prompt, SeqParams(12, GREEDY, ignore_eos=True))
     assert all(e.logprobs == () for e in plain)
+    # the prompt's own (TGI's prefill details), next to a request that does not ask
+    other = asyncio.ensure_future(run(engine, ids(loaded, "x y"), SeqParams(3, GREEDY, ignore_eos=True)))
+    seq = engine.submit(prompt, SeqParams(2, GREEDY, ignore_eos=True, prompt_logprobs=True))
+    _ = [e async for e in engine.events(seq)]
+    await other
+    assert seq.prompt_logprobs is not None and seq.prompt_logprobs[0] is None
+    want = [float(ref[i, t]) for i, t in enumerate(prompt[1:])]
+    assert seq.prompt_logprobs[1:] == pytest.approx(want, abs=1e-4)
     with pytest.raises(InvalidRequest) as err:
         engine.submit(prompt, SeqParams(5, SamplingConfig(logit_bias=((10**6, 1.0),))))
     assert err.value.param == "logit_bias"
