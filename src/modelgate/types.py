@@ -55,6 +55,8 @@ class SamplingParams:
     repetition_penalty: float | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    # (token id, bias) pairs, as OpenAI's ``logit_bias`` map
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:

@@ -91,7 +91,10 @@ async def test_info_limits_are_checked_before_sending(fake, tokdir):
             router.check(chat(stop=("a", "b", "c", "d", "e")))
         with pytest.raises(InvalidRequest) as n:
             router.check(chat(n=2))
+        with pytest.raises(InvalidRequest) as bias:
+            router.check(chat(logit_bias=((5, 1.0),)))
     assert too_long.value.param == "max_tokens" and stops.value.param == "stop" and n.value.param == "n"
+    assert bias.value.param == "logit_bias"
     assert state(fake).stats.requests == before
 
 

@@ -65,6 +65,37 @@ def test_inference_client_text_generation(worker):
     assert plain == out.generated_text
 
 
+def _get(token, name):
+    """huggingface_hub parses some nested tokens into objects and leaves others as dicts."""
+    return token[name] if isinstance(token, dict) else getattr(token, name)
+
+
+def test_inference_client_reads_logprobs_and_top_tokens(worker):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=worker)
+    out = client.text_generation("Hello there", max_new_tokens=10, details=True, top_n_tokens=3)
+    tokens, top = out.details.tokens, out.details.top_tokens
+    assert len(tokens) == len(top) == 10
+    for token, best in zip(tokens, top, strict=True):
+        assert isinstance(token.logprob, float) and token.logprob <= 0
+        values = [_get(t, "logprob") for t in best]
+        assert len(best) == 3 and values == sorted(values, reverse=True)
+        assert _get(best[0], "id") == token.id and abs(values[0] - token.logprob) < 1e-6  # greedy
+    events = list(
+        client.text_generation("Hello there", max_new_tokens=10, details=True, stream=True, top_n_tokens=2)
+    )
+    assert [e.token.logprob for e in events] == pytest.approx([t.logprob for t in tokens], abs=1e-5)
+    assert all(len(e.top_tokens) == 2 and _get(e.top_tokens[0], "id") == e.token.id for e in events)
+    plain = client.text_generation("Hello there", max_new_tokens=10, details=True)
+    assert [t.logprob for t in plain.details.tokens] == pytest.approx([t.logprob for t in tokens], abs=1e-5)
+    assert plain.details.top_tokens in (None, [])
+    sampled = client.text_generation(
+        "Hello there", max_new_tokens=8, details=True, do_sample=True, seed=3, frequency_penalty=1.5
+    )
+    assert all(isinstance(t.logprob, float) for t in sampled.details.tokens)
+
+
 def test_inference_client_sampling_seed_and_stop(worker):
     from huggingface_hub import InferenceClient
 
@@ -86,14 +117,24 @@ async def test_bodies_conform_to_the_tgi_spec(worker, spec):
             validate(spec, "Info", await r.json())
         body = {
             "inputs": "Привет 🙂",
-            "parameters": {"max_new_tokens": 6, "details": True, "decoder_input_details": True},
+            "parameters": {
+                "max_new_tokens": 6,
+                "details": True,
+                "decoder_input_details": True,
+                "top_n_tokens": 2,
+            },
         }
         async with s.post(f"{worker}/generate", json=body) as r:
             assert r.status == 200
             out = await r.json()
             validate(spec, "GenerateResponse", out)
-            assert out["details"]["prefill"]
-        async with s.post(f"{worker}/generate_stream", json=body) as r:
+            prefill = out["details"]["prefill"]
+            assert prefill[0]["logprob"] is None and len(prefill) > 1
+            assert all(isinstance(t["logprob"], float) and t["logprob"] <= 0 for t in prefill[1:])
+            assert all(isinstance(t["logprob"], float) for t in out["details"]["tokens"])
+            assert all(len(top) == 2 for top in out["details"]["top_tokens"])
+        stream_body = {**body, "parameters": {**body["parameters"], "decoder_input_details": False}}
+        async with s.post(f"{worker}/generate_stream", json=stream_body) as r:
             assert r.status == 200 and r.content_type == "text/event-stream"
             raw = (await r.read()).decode()
         events = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:")]
@@ -120,14 +161,51 @@ async def test_bodies_conform_to_the_tgi_spec(worker, spec):
         {"inputs": "", "parameters": {}},
         {"inputs": "x", "parameters": {"max_new_tokens": 100000}},
         {"parameters": {}},
+        # TGI's bounds, one by one (its spec and its router's validation)
+        {"inputs": "x", "parameters": {"max_new_tokens": 0}},
+        {"inputs": "x", "parameters": {"max_new_tokens": -1}},
+        {"inputs": "x", "parameters": {"temperature": -1}},
+        {"inputs": "x", "parameters": {"temperature": 1e-40}},
+        {"inputs": "x", "parameters": {"repetition_penalty": 0}},
+        {"inputs": "x", "parameters": {"repetition_penalty": 1e-40}},
+        {"inputs": "x", "parameters": {"frequency_penalty": 2.5}},
+        {"inputs": "x", "parameters": {"frequency_penalty": -3}},
+        {"inputs": "x", "parameters": {"top_k": 0}},
+        {"inputs": "x", "parameters": {"top_p": 0}},
+        {"inputs": "x", "parameters": {"top_p": 1.5}},
+        {"inputs": "x", "parameters": {"typical_p": 0}},
+        {"inputs": "x", "parameters": {"typical_p": 1.5}},
+        {"inputs": "x", "parameters": {"top_n_tokens": 6}},
+        {"inputs": "x", "parameters": {"top_n_tokens": -1}},
+        {"inputs": "x", "parameters": {"seed": -1}},
+        {"inputs": "x", "parameters": {"seed": 2**64}},
+        {"inputs": "x", "parameters": {"best_of": 0}},
+        {"inputs": "x", "parameters": {"best_of": 2}},
+        {"inputs": "x", "parameters": {"truncate": -1}},
+        {"inputs": "x", "parameters": {"truncate": 10**6}},
+        {"inputs": "x", "parameters": {"stop": ["a", "b", "c", "d", "e"]}},
     ],
 )
 async def test_invalid_requests_get_tgi_422(worker, spec, body):
-    async with aiohttp.ClientSession() as s, s.post(f"{worker}/generate", json=body) as r:
-        assert r.status == 422
-        err = await r.json()
-        validate(spec, "ErrorResponse", err)
-        assert err["error_type"] == "validation"
+    async with aiohttp.ClientSession() as s:
+        for route in ("/generate", "/generate_stream"):
+            async with s.post(f"{worker}{route}", json=body) as r:
+                assert r.status == 422, (route, await r.text())
+                err = await r.json()
+                validate(spec, "ErrorResponse", err)
+                assert err["error_type"] == "validation"
+
+
+async def test_decoder_input_details_cannot_stream_and_the_largest_seed_is_fine(worker):
+    body = {"inputs": "x", "parameters": {"max_new_tokens": 2, "decoder_input_details": True}}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{worker}/generate_stream", json=body) as r:
+            assert r.status == 422 and (await r.json())["error_type"] == "validation"
+        async with s.post(f"{worker}/", json={**body, "stream": True}) as r:
+            assert r.status == 422
+        seeded = {"inputs": "x", "parameters": {"max_new_tokens": 2, "do_sample": True, "seed": 2**64 - 1}}
+        async with s.post(f"{worker}/generate", json=seeded) as r:
+            assert r.status == 200, await r.text()
 
 
 async def test_openai_routes_on_the_worker(worker):

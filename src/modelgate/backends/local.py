@@ -11,6 +11,7 @@ crashed supervised worker; one that cannot change (``is_permanent``) is not retr
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import random
 import time
@@ -45,21 +46,21 @@ def sampling_config(s: SamplingParams, index: int = 0) -> SamplingConfig:
         top_p=1.0 if s.top_p is None else s.top_p,
         top_k=s.top_k or 0,
         repetition_penalty=s.repetition_penalty or 1.0,
+        presence_penalty=s.presence_penalty or 0.0,
+        frequency_penalty=s.frequency_penalty or 0.0,
+        logit_bias=s.logit_bias,
         seed=None if s.seed is None else s.seed + index,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs or 0,
     )
 
 
 def unsupported_param(request: GenerationRequest) -> str | None:
     """The first parameter this engine cannot honour, if any."""
-    s = request.sampling
     fmt = (request.response_format or {}).get("type", "text")
     checks = (
         ("tools", bool(request.tools)),
         ("tool_choice", request.tool_choice not in (None, "none", "auto")),
-        ("logprobs", s.logprobs),
-        ("top_logprobs", bool(s.top_logprobs)),
-        ("presence_penalty", bool(s.presence_penalty)),
-        ("frequency_penalty", bool(s.frequency_penalty)),
         ("response_format", fmt != "text"),
         ("messages", any(m.parts or m.tool_calls for m in request.messages)),
     )
@@ -178,6 +179,7 @@ class LocalBackend:
             for i in range(max(1, request.sampling.n))
         ]
         completion = 0
+        logprobs = _Logprobs(engine, request.kind, len(seqs)) if request.sampling.logprobs else None
         try:
             async for index, event in _merge([engine.events(s) for s in seqs]):
                 completion += len(event.token_ids)
@@ -186,6 +188,7 @@ class LocalBackend:
                     text=event.text,
                     finish_reason=event.finish_reason,  # type: ignore[arg-type]
                     token_ids=event.token_ids,
+                    logprobs=None if logprobs is None else logprobs.of(index, event),
                 )
         finally:
             for s in seqs:
@@ -263,6 +266,78 @@ def _prompt_ids(local: LocalModel, request: GenerationRequest, context: int) -> 
                 code="context_length_exceeded",
             )
     return local.prompt_ids(request)
+
+
+# OpenAI's stand-in for a log-probability that is minus infinity (JSON has no -inf)
+_FLOOR = -9999.0
+
+
+class _Logprobs:
+    """Engine log-probabilities in OpenAI's shapes: chat's ``{"content": [...]}`` or
+    completions' ``{"tokens", "token_logprobs", "top_logprobs", "text_offset"}``.  One
+    entry per generated token, except the end-of-sequence token that ended the answer."""
+
+    def __init__(self, engine: Any, kind: str, choices: int):
+        self._bytes = engine.token_bytes
+        self._chat = kind == "chat"
+        # completions' text_offset: characters of the text so far, counted from the
+        # tokens' bytes (a token inside a multi-byte character starts where it starts)
+        self._decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(choices)]
+        self._offset = [0] * choices
+
+    def _text(self, token: int) -> str:
+        """The token as text; one that is not whole UTF-8 as ``bytes:\\xe2\\x80``, as OpenAI writes it."""
+        raw = self._bytes(token)
+        try:
+            return str(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+        return {
+            "token": self._text(token),
+            "logprob": max(logprob, _FLOOR),
+            "bytes": list(self._bytes(token)),
+        }
+
+    def _text_offset(self, index: int, raw: bytes) -> int:
+        """Where this token starts in the text.  Bytes left over from an unfinished
+        character become one U+FFFD before it, unless it carries on that character."""
+        decoder = self._decoders[index]
+        pending = decoder.getstate()[0]
+        carries_on = bool(raw) and 0x80 <= raw[0] <= 0xBF
+        at = self._offset[index] + (1 if pending and not carries_on else 0)
+        self._offset[index] += len(decoder.decode(raw))
+        return at
+
+    def of(self, index: int, event: TokenEvent) -> dict[str, Any] | None:
+        pairs = list(zip(event.token_ids, event.logprobs, strict=True))
+        if event.stop_reason == "eos_token" and pairs:
+            pairs.pop()
+        if not pairs:
+            return None
+        if self._chat:
+            return {
+                "content": [
+                    {**self._entry(t, lp), "top_logprobs": [self._entry(i, v) for i, v in top]}
+                    for t, (lp, top) in pairs
+                ]
+            }
+        out: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for t, (lp, top) in pairs:
+            text = self._text(t)
+            alternatives = {self._text(i): max(v, _FLOOR) for i, v in top}
+            alternatives.setdefault(text, max(lp, _FLOOR))  # the chosen token is always there
+            out["tokens"].append(text)
+            out["token_logprobs"].append(max(lp, _FLOOR))
+            out["top_logprobs"].append(alternatives)
+            out["text_offset"].append(self._text_offset(index, self._bytes(t)))
+        return out
 
 
 def _preloaded(ctx: BackendContext, model_id: str) -> LocalModel | None:

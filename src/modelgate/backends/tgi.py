@@ -196,6 +196,8 @@ class TGIBackend:
             raise InvalidRequest("n > 1 is not supported by TGI's /generate", param="n")
         if request.sampling.logprobs:
             raise InvalidRequest("logprobs are not supported by TGI's /generate", param="logprobs")
+        if request.sampling.logit_bias:
+            raise InvalidRequest("logit_bias is not supported by TGI's /generate", param="logit_bias")
         if request.tools:
             raise InvalidRequest("tools need TGI's Messages API (protocol 'messages')", param="tools")
         if any(m.parts for m in request.messages):

@@ -18,15 +18,14 @@ from typing import Any
 import torch
 
 from modelgate.engine.batching import BatchLimits, BatchScheduler
+from modelgate.engine.detok import TokenBytes
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
-from modelgate.engine.sampling import make_generator, sample_batch
+from modelgate.engine.sampling import SamplingConfig, TokenStats, make_generator, sample_batch
 from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent, merge_events
 from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
 
 log = logging.getLogger(__name__)
-
-_EMPTY = torch.empty(0, dtype=torch.long)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -44,8 +43,13 @@ class Engine:
         self.limits = limits
         self.tokenizer = loaded.tokenizer
         self._backend_tok = loaded.tokenizer.backend_tokenizer
+        self.token_bytes = TokenBytes(loaded.tokenizer)  # for log-probabilities' tokens
+        config = loaded.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.vocab_size = int(getattr(text_config, "vocab_size", 0) or len(loaded.tokenizer))
         self._sched: BatchScheduler[Sequence] = BatchScheduler(limits)
         self._batch = KVBatch(loaded.model, loaded.device)
+        self._stats = TokenStats(loaded.device)  # the penalties' token counts, row for row with _batch
         self._rows: list[Sequence] = []  # row order of the KV batch
         self._inbox: list[Sequence] = []
         self._holding: list[Sequence] = []  # sequences with output not yet delivered
@@ -79,6 +83,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._batch.clear()
+        self._stats.clear()
         self.loaded = None  # type: ignore[assignment]
         self._batch.model = None
         if torch.cuda.is_available():
@@ -105,7 +110,17 @@ class Engine:
             )
         return room if requested is None else requested
 
+    def check_sampling(self, cfg: SamplingConfig) -> None:
+        """Refuse what this model cannot sample (bounds of values are checked at the edge)."""
+        bad = next((t for t, _ in cfg.logit_bias if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"logit_bias names token {bad}, outside this model's vocabulary of {self.vocab_size}",
+                param="logit_bias",
+            )
+
     def submit(self, prompt_ids: list[int], params: SeqParams) -> Sequence:
+        self.check_sampling(params.sampling)
         if self._stopping:
             raise ShuttingDown("the engine is shutting down", retry_after=1)
         seq = Sequence(
@@ -181,7 +196,7 @@ class Engine:
                     events.extend((s, s.fail(err)) for s in self._rows)
                     self._sched.finish(self._rows)
                     self._rows = []
-                    self._batch.clear()
+                    self._clear_batch()
                 self.steps += 1
                 self._release_held(events)
                 self._deliver(events)
@@ -213,17 +228,32 @@ class Engine:
             events.extend((s, s.fail(err)) for s in joins)
             self._sched.finish(joins)
             return
+        start = len(self._rows)
         self._rows.extend(joins)
-        self._sample(joins, logits, events)
+        self._stats.join([s.prompt_ids for s in joins], [s.params.sampling for s in joins], logits.shape[-1])
+        self._sample(joins, logits, events, start)
 
     def _batch_prefill(self, joins: list[Sequence]) -> torch.Tensor:
         before = self._batch.rows
+        every = any(s.params.prompt_logprobs for s in joins)
         try:
-            return self._batch.prefill([s.prompt_ids for s in joins])
+            logits = self._batch.prefill([s.prompt_ids for s in joins], all_positions=every)
         except Exception:
             if self._batch.rows != before:  # spliced, then failed: undo
                 self._batch.keep(list(range(before)))
             raise
+        if not every:
+            return logits
+        width = logits.shape[1]
+        for i, seq in enumerate(joins):
+            n = seq.prompt_len
+            if seq.params.prompt_logprobs and n > 1:
+                rows = logits[i, width - n : width - 1].float().log_softmax(-1)
+                ids = torch.tensor(seq.prompt_ids[1:], dtype=torch.long, device=rows.device).unsqueeze(-1)
+                seq.prompt_logprobs = [None, *rows.gather(1, ids).squeeze(-1).tolist()]
+            elif seq.params.prompt_logprobs:
+                seq.prompt_logprobs = [None]
+        return logits[:, -1, :]
 
     def _decode(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
         tokens = [s.generated[-1] for s in self._rows]
@@ -236,10 +266,10 @@ class Engine:
             # Fail the newest request and let the rest go on at the next step.
             victim = self._rows[-1]
             events.append((victim, victim.fail(OutOfMemory(f"out of memory: {exc}", retry_after=1))))
-            self._batch.clear()
+            self._clear_batch()
             self._fail_running(events)
             return
-        self._sample(self._rows, logits, events)
+        self._sample(self._rows, logits, events, 0)
 
     def _fail_running(self, events: list[tuple[Sequence, TokenEvent]]) -> None:
         """After losing the cache, the survivors fail too (their KV state is gone)."""
@@ -250,16 +280,29 @@ class Engine:
         self._sched.finish(self._rows)
         self._rows = []
 
+    def _clear_batch(self) -> None:
+        self._batch.clear()
+        self._stats.clear()
+
     def _sample(
-        self, seqs: list[Sequence], logits: torch.Tensor, events: list[tuple[Sequence, TokenEvent]]
+        self,
+        seqs: list[Sequence],
+        logits: torch.Tensor,
+        events: list[tuple[Sequence, TokenEvent]],
+        start: int,
     ) -> None:
+        """Sample rows ``start ..`` of the batch (``seqs``); a row whose logits are not
+        finite fails alone."""
         cfgs = [s.params.sampling for s in seqs]
-        seen = [self._seen(s) for s in seqs]
-        tokens = sample_batch(logits, cfgs, [s.generator for s in seqs], seen)
-        for seq, token in zip(seqs, tokens, strict=True):
+        out = sample_batch(logits, cfgs, [s.generator for s in seqs], self._stats, start)
+        for seq, token, logprob in zip(seqs, out.tokens, out.logprobs, strict=True):
             if seq.cancelled:
                 continue
-            event = seq.accept(token)
+            if token < 0:
+                err = EngineError("the model's scores for this request are not finite (NaN or infinite)")
+                events.append((seq, seq.fail(err)))
+                continue
+            event = seq.accept(token, logprob)
             if event is not None:
                 seq.hold(event)
                 self._holding.append(seq)
@@ -282,11 +325,6 @@ class Engine:
                 keep.append(seq)
         self._holding = keep
 
-    def _seen(self, seq: Sequence) -> torch.Tensor:
-        if seq.params.sampling.repetition_penalty == 1.0:
-            return _EMPTY
-        return torch.tensor(seq.prompt_ids + seq.generated, dtype=torch.long, device=self.loaded.device)
-
     def _drop(self) -> None:
         """Remove finished and cancelled rows from the KV batch and the scheduler."""
         gone = [s for s in self._rows if s.finished or s.cancelled]
@@ -294,6 +332,7 @@ class Engine:
             return
         keep = [i for i, s in enumerate(self._rows) if not (s.finished or s.cancelled)]
         self._batch.keep(keep)
+        self._stats.keep(keep)
         self._rows = [self._rows[i] for i in keep]
         self._sched.finish(gone)
 

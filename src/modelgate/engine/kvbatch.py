@@ -46,8 +46,10 @@ class KVBatch:
 
         return DynamicCache(config=self.model.config)
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run the prompts as a new left-padded block; return last-position logits."""
+    def prefill(self, prompts: Sequence[Sequence[int]], all_positions: bool = False) -> torch.Tensor:
+        """Run the prompts as a new left-padded block; return last-position logits
+        ``[rows, vocab]``, or every position's ``[rows, cols, vocab]`` (the prompt's own
+        log-probabilities)."""
         width = max(len(p) for p in prompts)
         ids = torch.zeros((len(prompts), width), dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -59,9 +61,9 @@ class KVBatch:
         kw: dict[str, Any] = {self._cache_arg: cache}
         if not bool(mask.all()):  # padding: say where; without it the model takes the fast causal path
             kw |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=0 if all_positions else 1, **kw)
         self._splice(cache, mask)
-        return out.logits[:, -1, :]  # type: ignore[no-any-return]
+        return out.logits if all_positions else out.logits[:, -1, :]  # type: ignore[no-any-return]
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed one token per row; return the next-token logits."""

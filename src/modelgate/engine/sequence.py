@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelgate.engine.detok import Decode, IncrementalDetokenizer
-from modelgate.engine.sampling import SamplingConfig
+from modelgate.engine.sampling import SamplingConfig, TokenLogprob
 from modelgate.engine.stops import StopMatcher
 
 _ids = itertools.count()
@@ -20,6 +20,8 @@ class SeqParams:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # the log-probability of each prompt token given the ones before (TGI's prefill details)
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +36,18 @@ class TokenEvent:
     error: BaseException | None = None
     # Why it finished, in TGI's words: eos_token, stop_sequence or length.
     stop_reason: str | None = None
+    # One per token id when the request asked for log-probabilities, else empty.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def merge_events(first: TokenEvent, then: TokenEvent) -> TokenEvent:
     """One event standing for two consecutive ones of the same sequence."""
-    return replace(then, token_ids=first.token_ids + then.token_ids, text=first.text + then.text)
+    return replace(
+        then,
+        token_ids=first.token_ids + then.token_ids,
+        text=first.text + then.text,
+        logprobs=first.logprobs + then.logprobs,
+    )
 
 
 class Sequence:
@@ -59,12 +68,15 @@ class Sequence:
         self.params = params
         self.generated: list[int] = []
         self.unsent: list[int] = []
+        self.unsent_logprobs: list[TokenLogprob] = []
         self.detok = IncrementalDetokenizer(decode, prompt_ids[-4:])
         self.stops = StopMatcher(params.stop)
         self.eos_ids = frozenset() if params.ignore_eos else eos_ids
         self.loop = loop
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.generator: Any = None
+        # set by the step thread before the first event, when params.prompt_logprobs
+        self.prompt_logprobs: list[float | None] | None = None
         self.finished = False
         self._cancelled = False
         # Output not yet handed to the event loop, and the step it was last handed at.
@@ -88,10 +100,12 @@ class Sequence:
         self._cancelled = True
 
     # -- step thread
-    def accept(self, token: int) -> TokenEvent | None:
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> TokenEvent | None:
         """Record one sampled token; return the event to deliver, if any."""
         self.generated.append(token)
         self.unsent.append(token)
+        if logprob is not None:
+            self.unsent_logprobs.append(logprob)
         why: str | None = None
         if token in self.eos_ids:
             tail, hit = self.stops.feed(self.detok.flush())
@@ -109,7 +123,10 @@ class Sequence:
         self.finished = why is not None
         finish = None if why is None else ("length" if why == "length" else "stop")
         ids, self.unsent = tuple(self.unsent), []
-        return TokenEvent(ids, text, finish, len(self.prompt_ids), len(self.generated), stop_reason=why)
+        lps, self.unsent_logprobs = tuple(self.unsent_logprobs), []
+        return TokenEvent(
+            ids, text, finish, len(self.prompt_ids), len(self.generated), stop_reason=why, logprobs=lps
+        )
 
     def hold(self, event: TokenEvent) -> None:
         self.pending = event if self.pending is None else merge_events(self.pending, event)

@@ -26,7 +26,6 @@ IGNORED = frozenset({"store", "metadata", "service_tier", "parallel_tool_calls",
 # OpenAI parameters we do not implement: a clear 400 naming them, never silently dropped.
 UNSUPPORTED = frozenset(
     {
-        "logit_bias",
         "audio",
         "modalities",
         "prediction",
@@ -132,6 +131,7 @@ def _sampling(
         repetition_penalty=req.repetition_penalty,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        logit_bias=tuple((int(k), float(v)) for k, v in (req.logit_bias or {}).items()),
     )
 
 

@@ -8,9 +8,40 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+# Values a sampler cannot use are refused here, naming the parameter: below this a
+# positive temperature overflows float32 when the logits are divided by it (0 is greedy).
+MIN_TEMPERATURE = 1e-6
+# The repetition penalty divides or multiplies logits: outside this range it overflows them.
+MIN_REPETITION_PENALTY = 1e-2
+MAX_REPETITION_PENALTY = 100.0
+# OpenAI's bounds for a seed (int64); choice i of n uses seed + i, which still fits a
+# torch generator's 64 bits.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS_ENTRIES = 1024
+
+
+def check_temperature(value: float | None) -> float | None:
+    if value is not None and 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+    return value
+
+
+def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+    for key, bias in value.items():
+        if not key.isdigit():
+            raise ValueError(f"keys must be token ids, got {key!r}")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"biases must be between -100 and 100, got {bias}")
+    return value
 
 
 class _Body(BaseModel):
@@ -48,11 +79,11 @@ class StreamOptions(_Strict):
 class _Sampling(_Body):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2)  # and 0 or >= MIN_TEMPERATURE
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     stream: StrictBool | None = False
@@ -60,7 +91,11 @@ class _Sampling(_Body):
     user: str | None = Field(None, max_length=256)
     # widely used extensions (vLLM, TGI, llama.cpp)
     top_k: int | None = Field(None, ge=-1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    logit_bias: dict[str, float] | None = None
+
+    _temperature = field_validator("temperature")(check_temperature)
+    _logit_bias = field_validator("logit_bias")(check_logit_bias)
 
 
 class ChatCompletionRequest(_Sampling):

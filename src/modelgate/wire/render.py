@@ -26,12 +26,17 @@ def usage_body(u: Usage) -> dict[str, int]:
     }
 
 
+_TEXT_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
 @dataclass(slots=True)
 class _Choice:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[Any] = field(default_factory=list)
+    # completions' logprobs: tokens, token_logprobs, top_logprobs, text_offset
+    text_logprobs: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: Iterable[Mapping[str, Any]]) -> None:
@@ -69,6 +74,9 @@ class Aggregator:
             _merge_tool_calls(c.tool_calls, chunk.tool_calls)
         if chunk.logprobs:
             c.logprobs.extend(chunk.logprobs.get("content") or ())
+            for key in _TEXT_LOGPROBS:
+                if key in chunk.logprobs:
+                    c.text_logprobs.setdefault(key, []).extend(chunk.logprobs[key])
         if chunk.finish_reason:
             c.finish_reason = chunk.finish_reason
 
@@ -96,7 +104,7 @@ class Aggregator:
             {
                 "index": idx,
                 "text": "".join(self.choices[idx].text),
-                "logprobs": None,
+                "logprobs": self.choices[idx].text_logprobs or None,
                 "finish_reason": self.choices[idx].finish_reason,
             }
             for idx in sorted(self.choices)
@@ -166,7 +174,7 @@ class ChunkRenderer:
             choice = {
                 "index": chunk.index,
                 "text": chunk.text,
-                "logprobs": None,
+                "logprobs": dict(chunk.logprobs) if chunk.logprobs and "tokens" in chunk.logprobs else None,
                 "finish_reason": chunk.finish_reason,
             }
         return {**self.head, "choices": [choice]}

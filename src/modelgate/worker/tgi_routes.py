@@ -17,7 +17,7 @@ import orjson
 from modelgate import __version__
 from modelgate.api.middleware import Routes
 from modelgate.engine.runtime import LocalModel
-from modelgate.engine.sequence import SeqParams, TokenEvent
+from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.services import Services
@@ -27,6 +27,7 @@ MAX_STOP = 4
 # The TGI release whose API these routes and the OpenAI routes serve (tests/specs/tgi-openapi.json).
 # /info says it in "version", as TGI does: a gateway reads ">= 1.4" as "the Messages API is here".
 TGI_API_VERSION = "3.3.6"
+_FLOOR = -9999.0  # a log-probability of minus infinity (JSON has none)
 
 
 def register_tgi_routes(routes: Routes) -> None:
@@ -66,8 +67,10 @@ class _Run:
     prompt: list[int]
     params: SeqParams
     tokens: list[dict[str, Any]] = field(default_factory=list)
+    top_tokens: list[list[dict[str, Any]]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     last: TokenEvent | None = None
+    seq: Sequence | None = None
 
 
 async def _parse(request: Request, model: type[GenerateRequest]) -> GenerateRequest:
@@ -79,37 +82,59 @@ async def _parse(request: Request, model: type[GenerateRequest]) -> GenerateRequ
         raise InvalidRequest(f"Input validation error: {where}: {first['msg']}") from None
 
 
-def _prepare(local: LocalModel, body: GenerateRequest) -> _Run:
+def _prepare(local: LocalModel, body: GenerateRequest, *, stream: bool) -> _Run:
     p = body.parameters
     name = p.unsupported()
     if name is not None:
         raise InvalidRequest(f"Input validation error: `{name}` is not supported by this worker")
+    if stream and p.decoder_input_details:
+        raise InvalidRequest(
+            "Input validation error: `decoder_input_details` == true is not supported when streaming tokens"
+        )
     engine = local.require_engine()
+    max_input = max(local.loaded.max_context - 1, 1)
+    if p.truncate is not None and p.truncate > max_input:
+        raise InvalidRequest(
+            f"Input validation error: `truncate` must be strictly positive and less than {max_input}"
+        )
     ids = local.encode(body.inputs)
     if p.truncate:
         ids = ids[-p.truncate :]
     room = local.loaded.max_context - len(ids)
     requested = p.max_new_tokens if p.max_new_tokens is not None else min(1024, max(room, 1))
-    max_new = engine.max_new_tokens(len(ids), max(requested, 1))
-    return _Run(body, ids, SeqParams(max_new, p.sampling, tuple(p.stop)))
+    max_new = engine.max_new_tokens(len(ids), requested)
+    # Streamed tokens always carry their logprob, as TGI's do; whole answers with details.
+    sampling = p.sampling_config(logprobs=stream or p.details)
+    engine.check_sampling(sampling)
+    params = SeqParams(max_new, sampling, tuple(p.stop), prompt_logprobs=p.decoder_input_details)
+    return _Run(body, ids, params)
 
 
-def _token(local: LocalModel, token_id: int, text: str) -> dict[str, Any]:
+def _token(local: LocalModel, token_id: int, text: str, logprob: float | None) -> dict[str, Any]:
     special = token_id in local.loaded.eos_token_ids
-    return {"id": token_id, "text": "" if special else text, "logprob": None, "special": special}
+    if logprob is not None:
+        logprob = max(logprob, _FLOOR)
+    return {"id": token_id, "text": "" if special else text, "logprob": logprob, "special": special}
+
+
+def _top_tokens(local: LocalModel, top: tuple[tuple[int, float], ...]) -> list[dict[str, Any]]:
+    engine = local.require_engine()
+    return [_token(local, t, engine.token_bytes.text(t), lp) for t, lp in top]
 
 
 async def _events(local: LocalModel, run: _Run) -> AsyncIterator[tuple[dict[str, Any], bool]]:
     """(token, is_last) per generated token, recording text and details in ``run``."""
     engine = local.require_engine()
-    seq = engine.submit(run.prompt, run.params)
+    seq = run.seq = engine.submit(run.prompt, run.params)
     async for event in engine.events(seq):
         run.text.append(event.text)
         run.last = event
         ids = event.token_ids
         for i, token_id in enumerate(ids):
-            token = _token(local, token_id, event.text if i == len(ids) - 1 else "")
+            logprob, top = event.logprobs[i] if event.logprobs else (None, ())
+            token = _token(local, token_id, event.text if i == len(ids) - 1 else "", logprob)
             run.tokens.append(token)
+            run.top_tokens.append(_top_tokens(local, top))
             yield token, event.finish_reason is not None and i == len(ids) - 1
 
 
@@ -117,14 +142,22 @@ def _details(local: LocalModel, run: _Run) -> dict[str, Any]:
     assert run.last is not None
     prefill = []
     if run.body.parameters.decoder_input_details:
-        prefill = [{"id": t, "text": local.loaded.tokenizer.decode([t]), "logprob": None} for t in run.prompt]
+        given = (run.seq.prompt_logprobs if run.seq is not None else None) or [None] * len(run.prompt)
+        prefill = [
+            {
+                "id": t,
+                "text": local.loaded.tokenizer.decode([t]),
+                "logprob": None if lp is None else max(lp, _FLOOR),
+            }
+            for t, lp in zip(run.prompt, given, strict=True)
+        ]
     return {
         "finish_reason": run.last.stop_reason or "length",
         "generated_tokens": run.last.completion_tokens,
         "seed": run.body.parameters.seed if run.params.sampling.temperature > 0 else None,
         "prefill": prefill,
         "tokens": run.tokens,
-        "top_tokens": [],
+        "top_tokens": run.top_tokens if run.body.parameters.top_n_tokens else [],
     }
 
 
@@ -147,7 +180,11 @@ async def _stream(request: Request, local: LocalModel, run: _Run) -> Response | 
     await resp.prepare(request)
     try:
         async for token, last in _events(local, run):
-            event: dict[str, Any] = {"index": len(run.tokens) - 1, "token": token, "top_tokens": []}
+            event: dict[str, Any] = {
+                "index": len(run.tokens) - 1,
+                "token": token,
+                "top_tokens": run.top_tokens[-1],
+            }
             event["generated_text"] = _full_text(run) if last else None
             event["details"] = _stream_details(run) if last and run.body.parameters.details else None
             await resp.write(b"data:" + orjson.dumps(event) + b"\n\n")
@@ -174,7 +211,7 @@ def _stream_details(run: _Run) -> dict[str, Any]:
 async def generate(request: Request) -> Response | StreamResponse:
     local = _local(request)
     try:
-        run = _prepare(local, await _parse(request, GenerateRequest))
+        run = _prepare(local, await _parse(request, GenerateRequest), stream=False)
         return Response(orjson.dumps(await _generate_json(local, run)))
     except ModelGateError as exc:
         return _error_response(exc)
@@ -183,7 +220,7 @@ async def generate(request: Request) -> Response | StreamResponse:
 async def generate_stream(request: Request) -> Response | StreamResponse:
     local = _local(request)
     try:
-        run = _prepare(local, await _parse(request, GenerateRequest))
+        run = _prepare(local, await _parse(request, GenerateRequest), stream=True)
     except ModelGateError as exc:
         return _error_response(exc)
     return await _stream(request, local, run)
@@ -193,8 +230,9 @@ async def compat_generate(request: Request) -> Response | StreamResponse:
     local = _local(request)
     try:
         body = await _parse(request, CompatGenerateRequest)
-        run = _prepare(local, body)
-        if isinstance(body, CompatGenerateRequest) and body.stream:
+        stream = isinstance(body, CompatGenerateRequest) and body.stream
+        run = _prepare(local, body, stream=stream)
+        if stream:
             return await _stream(request, local, run)
         return Response(orjson.dumps([await _generate_json(local, run)]))
     except ModelGateError as exc:

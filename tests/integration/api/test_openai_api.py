@@ -101,12 +101,17 @@ async def test_embeddings_float_and_base64(gateway: str) -> None:
     assert vec == pytest.approx([0.1, 0.2, 0.3], rel=1e-6)
 
 
-async def test_unsupported_parameter_is_named(gateway: str) -> None:
+async def test_unsupported_parameter_is_named(gateway: str, upstream: FakeOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         await client(gateway).chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "x"}], logit_bias={"1": 2}
+            model="gpt-test", messages=[{"role": "user", "content": "x"}], modalities=["text", "audio"]
         )
-    assert exc.value.body["param"] == "logit_bias"  # type: ignore[index]
+    assert exc.value.body["param"] == "modalities"  # type: ignore[index]
+    # logit_bias is a parameter an OpenAI upstream takes: forwarded as sent
+    await client(gateway).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}], logit_bias={"1": 2}
+    )
+    assert upstream.requests[-1]["logit_bias"] == {"1": 2}
     with pytest.raises(openai.BadRequestError) as exc:
         await client(gateway).chat.completions.create(
             model="gpt-test",

@@ -142,3 +142,80 @@ async def test_out_of_memory_fails_that_request_and_the_engine_lives_on(loaded):
         assert events[-1].completion_tokens == 5
     finally:
         eng.close()
+
+
+async def test_a_hostile_request_fails_alone_among_8_running_streams(engine, loaded):
+    """Values that validation refuses, given to the engine directly: the row whose
+    logits overflow fails on its own; the 8 streams it joined finish as without it."""
+    from modelgate.errors import EngineError
+
+    prompts = [ids(loaded, f"stream number {i} says") for i in range(8)]
+
+    def params(i):
+        return SeqParams(40, SamplingConfig(temperature=0.9, top_p=0.95, seed=100 + i), ignore_eos=True)
+
+    alone = [(await run(engine, p, params(i)))[0] for i, p in enumerate(prompts)]
+
+    async def consume(i, started):
+        seq = engine.submit(prompts[i], params(i))
+        text = ""
+        async for e in engine.events(seq):
+            text += e.text
+            started.set()
+        return text
+
+    flags = [asyncio.Event() for _ in range(8)]
+    streams = [asyncio.create_task(consume(i, flags[i])) for i in range(8)]
+    await asyncio.gather(*(f.wait() for f in flags))  # all 8 are running
+    hostile = SamplingConfig(temperature=1.0, repetition_penalty=1e-40, seed=1)
+    with pytest.raises(EngineError, match="not finite"):
+        await run(engine, ids(loaded, "stream number 1 says"), SeqParams(40, hostile, ignore_eos=True))
+    tiny_t = SamplingConfig(temperature=1e-40, seed=2)  # finite after the shift: the best token
+    text, events = await run(engine, prompts[0], SeqParams(10, tiny_t, ignore_eos=True))
+    greedy, _ = await run(engine, prompts[0], SeqParams(10, GREEDY, ignore_eos=True))
+    assert text == greedy and events[-1].completion_tokens == 10
+    assert await asyncio.gather(*streams) == alone
+
+
+async def test_penalties_and_bias_of_one_row_do_not_touch_another(engine, loaded):
+    prompt = ids(loaded, "the same prompt for everyone")
+    cfgs = [
+        SamplingConfig(temperature=0.0, presence_penalty=-2.0),
+        SamplingConfig(temperature=0.0, frequency_penalty=2.0, logit_bias=((40, 8.0),)),
+        SamplingConfig(temperature=0.8, seed=9, repetition_penalty=1.3, frequency_penalty=-1.0),
+        GREEDY,
+    ]
+    alone = [(await run(engine, prompt, SeqParams(30, c, ignore_eos=True)))[0] for c in cfgs]
+    assert len(set(alone)) == 4  # each setting changes the output
+    together = await asyncio.gather(
+        *(run(engine, prompt, SeqParams(30, c, ignore_eos=True)) for c in cfgs * 2)
+    )
+    assert [t for t, _ in together] == alone * 2
+
+
+async def test_log_probabilities_come_with_every_token(engine, loaded):
+    prompt = ids(loaded, "Hello world")
+    cfg = SamplingConfig(temperature=0.0, logprobs=True, top_logprobs=4)
+    _text, events = await run(engine, prompt, SeqParams(12, cfg, ignore_eos=True))
+    tokens = [t for e in events for t in e.token_ids]
+    lps = [lp for e in events for lp in e.logprobs]
+    assert len(lps) == len(tokens) == 12
+    with torch.no_grad():
+        ref = loaded.model(torch.tensor([prompt + tokens])).logits[0].log_softmax(-1)
+    for i, (token, (chosen, top)) in enumerate(zip(tokens, lps, strict=True)):
+        want = ref[len(prompt) - 1 + i]
+        assert abs(chosen - float(want[token])) < 1e-4
+        assert [t for t, _ in top] == want.topk(4).indices.tolist() and top[0][0] == token
+    _text, plain = await run(engine, prompt, SeqParams(12, GREEDY, ignore_eos=True))
+    assert all(e.logprobs == () for e in plain)
+    # the prompt's own (TGI's prefill details), next to a request that does not ask
+    other = asyncio.ensure_future(run(engine, ids(loaded, "x y"), SeqParams(3, GREEDY, ignore_eos=True)))
+    seq = engine.submit(prompt, SeqParams(2, GREEDY, ignore_eos=True, prompt_logprobs=True))
+    _ = [e async for e in engine.events(seq)]
+    await other
+    assert seq.prompt_logprobs is not None and seq.prompt_logprobs[0] is None
+    want = [float(ref[i, t]) for i, t in enumerate(prompt[1:])]
+    assert seq.prompt_logprobs[1:] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(InvalidRequest) as err:
+        engine.submit(prompt, SeqParams(5, SamplingConfig(logit_bias=((10**6, 1.0),))))
+    assert err.value.param == "logit_bias"

@@ -94,3 +94,39 @@ def test_renderer_role_once_usage_only_when_asked_raw_passthrough() -> None:
     assert r.event(Chunk(usage=Usage(1, 2))) is None
     assert r.event(Chunk(text="x", raw=b'data: {"up": 1}\n\n')) == b'data: {"up": 1}\n\n'
     assert r.event(Chunk(text="x", raw=b"")) is None
+
+
+def test_logit_bias_and_bounds_of_what_can_be_sampled() -> None:
+    assert chat(logit_bias={"5": -100, "12": 2.5}).sampling.logit_bias == ((5, -100.0), (12, 2.5))
+    assert chat(temperature=1e-6, seed=2**63 - 1, repetition_penalty=0.01).sampling.seed == 2**63 - 1
+    for extra, param in (
+        ({"temperature": 1e-7}, "temperature"),
+        ({"repetition_penalty": 0.009}, "repetition_penalty"),
+        ({"seed": 2**63}, "seed"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ):
+        with pytest.raises(InvalidRequest) as err:
+            chat(**extra)
+        assert err.value.param == param
+
+
+def test_completion_logprobs_are_merged_and_rendered() -> None:
+    first = {"tokens": ["a", "b"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{"a": -0.1}, {"b": -0.2}]}
+    first["text_offset"] = [0, 1]
+    then = {"tokens": ["c"], "token_logprobs": [-0.3], "top_logprobs": [{"c": -0.3}], "text_offset": [2]}
+    agg = render.Aggregator()
+    agg.add(Chunk(text="ab", logprobs=first))
+    agg.add(Chunk(text="c", logprobs=then, finish_reason="length"))
+    body = agg.completion_body("r", "m", 0)
+    assert body["choices"][0]["logprobs"] == {
+        "tokens": ["a", "b", "c"],
+        "token_logprobs": [-0.1, -0.2, -0.3],
+        "top_logprobs": [{"a": -0.1}, {"b": -0.2}, {"c": -0.3}],
+        "text_offset": [0, 1, 2],
+    }
+    req = convert.completion_request({"model": "m", "prompt": "x", "logprobs": 1}, MODEL, LIMITS, "r")
+    assert req.sampling.logprobs and req.sampling.top_logprobs == 1
+    streamed = render.ChunkRenderer(req, "r", "m").render(Chunk(text="c", logprobs=then))
+    assert streamed["choices"][0]["logprobs"] == then
+    plain = render.ChunkRenderer(req, "r", "m").render(Chunk(text="c"))
+    assert plain["choices"][0]["logprobs"] is None
