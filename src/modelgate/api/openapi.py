@@ -374,7 +374,7 @@ SCHEMAS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "Health": _static(_obj(["status"], status={"const": "ok"})),
     "Ready": _static(
         _obj(
-            ["status", "models"],
+            ["status"],  # "models" only for a request with a key
             status={"enum": ["ready", "not_ready", "draining"]},
             models={"type": "object", "additionalProperties": {"type": "string"}},
         )
