@@ -15,7 +15,7 @@ import orjson
 
 from modelgate.backends import http
 from modelgate.backends.base import BackendContext
-from modelgate.backends.openai_stream import EventStream, finish_of, usage_of
+from modelgate.backends.openai_stream import EventStream, finish_of, meta_of, reasoning_of, usage_of
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import InvalidRequest, UpstreamError
@@ -107,6 +107,8 @@ class OpenAIBackend:
                     finish_reason=self._requiredfinish_of(c.get("finish_reason")),
                     tool_calls=tuple(msg.get("tool_calls") or ()) if chat else (),
                     logprobs=c.get("logprobs") if chat and isinstance(c.get("logprobs"), Mapping) else None,
+                    reasoning=reasoning_of(msg) if chat and isinstance(msg, Mapping) else None,
+                    meta=meta_of(data) if pos == 0 else None,
                 )
             )
         usage = usage_of(data.get("usage"))

@@ -25,10 +25,29 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 _CHAT_SIMPLE = frozenset({"role", "content"})
 
 
+_USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+REASONING_KEYS = ("reasoning", "reasoning_content")  # vLLM now / vLLM before, DeepSeek
+META_KEYS = ("system_fingerprint",)
+
+
 def usage_of(raw: Any) -> Usage | None:
     if type(raw) is not dict:
         return None
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    details = {k: v for k in _USAGE_DETAILS if type(v := raw.get(k)) is dict}
+    return Usage(
+        int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), details or None
+    )
+
+
+def reasoning_of(fields: Mapping[str, Any]) -> dict[str, str] | None:
+    """The reasoning text of a delta or message, by the name the upstream used."""
+    found = {k: v for k in REASONING_KEYS if type(v := fields.get(k)) is str and v}
+    return found or None
+
+
+def meta_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    found = {k: v for k in META_KEYS if (v := event.get(k)) is not None}
+    return found or None
 
 
 def finish_of(value: Any) -> Any:
@@ -230,6 +249,7 @@ class EventStream:
                     logprobs=logprobs if self._chat and type(logprobs) is dict else None,
                     buffered=True,
                     raw=frame if pos == 0 else b"",
+                    reasoning=reasoning_of(delta) if self._chat else None,
                 )
             )
         if usage is not None:

@@ -37,7 +37,10 @@ class ChatMessageIn(_Strict):
     tool_call_id: str | None = None
     refusal: str | None = None
     function_call: dict[str, Any] | None = None
+    # reasoning sent back in history: vLLM's ``reasoning`` (current) and
+    # ``reasoning_content`` (older vLLM, DeepSeek)
     reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class StreamOptions(_Strict):
