@@ -52,6 +52,7 @@ class FakeUpstream:
     system_fingerprint: str | None = None
     cached_tokens: int | None = None
     empty_deltas: int = 0  # {"delta": {}} events before the first token
+    max_model_len: int | None = None  # listed in /v1/models, as vLLM does
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -62,6 +63,10 @@ class FakeUpstream:
 
     def bodies(self, path: str = "/v1/chat/completions") -> list[dict[str, Any]]:
         return [b for p, b in self.requests if p == path]
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.requests]
 
     async def start(self) -> FakeUpstream:
         app = web.Application()
@@ -84,7 +89,11 @@ class FakeUpstream:
             await self._runner.cleanup()
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        self.requests.append((request.path, {}))
+        row: dict[str, Any] = {"id": self.model, "object": "model", "owned_by": self.flavour}
+        if self.max_model_len is not None:
+            row["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [row]})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -125,7 +134,12 @@ class FakeUpstream:
         text = " ".join(WORDS)
         choice: dict[str, Any]
         if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "tool_calls": []}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "tool_calls": [],
+            }
             if self.flavour == "vllm":
                 message.update({"annotations": None, "audio": None, "function_call": None})
                 message["reasoning_content"] = None
@@ -174,7 +188,9 @@ class FakeUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         if chat:
-            opening = {"role": "assistant", "content": ""} if self.flavour == "vllm" else {"role": "assistant"}
+            opening = (
+                {"role": "assistant", "content": ""} if self.flavour == "vllm" else {"role": "assistant"}
+            )
             await resp.write(self._delta(chat, opening))
         for _ in range(self.empty_deltas):
             await resp.write(self._delta(chat, {}))

@@ -34,9 +34,7 @@ def usage_of(raw: Any) -> Usage | None:
     if type(raw) is not dict:
         return None
     details = {k: v for k in _USAGE_DETAILS if type(v := raw.get(k)) is dict}
-    return Usage(
-        int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), details or None
-    )
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), details or None)
 
 
 def reasoning_of(fields: Mapping[str, Any]) -> dict[str, str] | None:

@@ -21,12 +21,15 @@ import orjson
 from modelgate.backends import http
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
+from modelgate.backends.params import TGI_GENERATE, TGI_MESSAGES, max_tokens_cap
 from modelgate.backends.sse import EventTooLarge, TruncatedEvent, iter_sse
 from modelgate.backends.tgi_native import (
     FINISH,
     StopTrimmer,
     check_limits,
+    check_values,
     finish_reason,
+    max_new_tokens,
     parameters,
     strip_stop,
 )
@@ -125,13 +128,14 @@ class TGIBackend:
     # --- the Backend protocol -------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> None:
-        if self._model.protocol == "messages":
-            return
-        native = (
+        native = self._model.protocol != "messages" and (
             request.kind == "completion" or self._model.protocol == "generate" or self._template is not None
         )
         if not native:
+            TGI_MESSAGES.check(request, self._model.forward_extra)
             return
+        TGI_GENERATE.check(request)
+        check_values(request)
         if request.sampling.n > 1:
             raise InvalidRequest("n > 1 is not supported by TGI's /generate", param="n")
         if request.sampling.logprobs:
@@ -157,7 +161,9 @@ class TGIBackend:
         prompt = self._prompt(request)
         prompt_tokens = self._counter.count(prompt) if self._counter else None
         check_limits(request, self._info, prompt_tokens)
-        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, self._info)})
+        cap = max_tokens_cap(self._model.default_max_tokens, self._ctx.config.limits.max_tokens)
+        max_new = max_new_tokens(request, self._info, prompt_tokens, cap)
+        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, self._info, max_new)})
         if request.stream:
             resp = await self._post("/generate_stream", body)
             try:
@@ -246,7 +252,9 @@ class TGIBackend:
             ep = self._endpoint.model_copy(
                 update={"url": self._url + "/v1", "upstream_model": self._endpoint.upstream_model or "tgi"}
             )
-            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._client))
+            self._messages = OpenAIBackend(
+                self._model, ep, replace(self._ctx, http=self._client), table=TGI_MESSAGES
+            )
         return self._messages
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

@@ -6,7 +6,7 @@ into internal types; ``wire/render.py`` builds response bodies.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -64,6 +64,8 @@ class _Sampling(_Body):
     # widely used extensions (vLLM, TGI, llama.cpp)
     top_k: int | None = Field(None, ge=-1)
     repetition_penalty: float | None = Field(None, gt=0)
+    # taken by upstreams only (each backend's table says: backends/params.py)
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = Field(None, max_length=1024)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -75,6 +77,9 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=1024)
 
 
 class CompletionRequest(_Sampling):

@@ -104,9 +104,9 @@ async def test_embeddings_float_and_base64(gateway: str) -> None:
 async def test_unsupported_parameter_is_named(gateway: str) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         await client(gateway).chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "x"}], logit_bias={"1": 2}
+            model="gpt-test", messages=[{"role": "user", "content": "x"}], modalities=["audio"]
         )
-    assert exc.value.body["param"] == "logit_bias"  # type: ignore[index]
+    assert exc.value.body["param"] == "modalities"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as exc:
         await client(gateway).chat.completions.create(
             model="gpt-test",
