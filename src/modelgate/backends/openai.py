@@ -19,9 +19,17 @@ from modelgate.backends.base import BackendContext
 from modelgate.backends.openai_stream import EventStream, finish_of, meta_of, reasoning_of, usage_of
 from modelgate.backends.params import OPENAI, ParamTable, max_tokens_cap
 from modelgate.backends.upstream_errors import error_from_event
+from modelgate.backends.upstream_tokens import UpstreamTokenizer
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.errors import InvalidRequest, UpstreamError
-from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest, ProbeResult
+from modelgate.types import (
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationRequest,
+    ProbeResult,
+    Usage,
+)
 
 _PATHS = {True: "/chat/completions", False: "/completions"}  # by "is it chat"
 
@@ -53,6 +61,8 @@ class OpenAIBackend:
         if endpoint.api_key_env:
             headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
         self._up = http.Endpoint(ctx.http, endpoint.url, headers=headers, connect_s=model.timeouts.connect_s)
+        # counts for answers that come without usage (llama.cpp, older vLLM, Ollama)
+        self._tokens = UpstreamTokenizer(ctx.http, endpoint.url, headers, model.timeouts.connect_s)
         self._where = self._up.where
 
     def check(self, request: GenerationRequest) -> None:
@@ -64,7 +74,7 @@ class OpenAIBackend:
                     )
         self._table.check(request, self._model.forward_extra)
 
-    def _payload(self, request: GenerationRequest, stream: bool) -> bytes:
+    def _body(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
         data = self._table.upstream_body(request.body or {}, self._model.forward_extra)
         data["model"] = self._upstream_model
         asked = request.sampling.max_tokens
@@ -83,7 +93,7 @@ class OpenAIBackend:
         else:
             data.pop("stream_options", None)
             data["stream"] = False
-        return orjson.dumps(data)
+        return data
 
     def _post(self, path: str, payload: bytes) -> Awaitable[http.Response]:
         return self._up.post(path, payload)
@@ -98,16 +108,26 @@ class OpenAIBackend:
 
     async def complete(self, request: GenerationRequest) -> list[Chunk]:
         chat = request.kind == "chat"
-        resp = await self._post(_PATHS[chat], self._payload(request, False))
-        return self._whole(await self._read_json(resp), chat)
+        body = self._body(request, False)
+        resp = await self._post(_PATHS[chat], orjson.dumps(body))
+        chunks = self._whole(await self._read_json(resp), chat)
+        if chunks[-1].usage is None:  # an upstream that leaves usage out: counted here
+            texts = ["".join([c.text, *(c.reasoning or {}).values()]) for c in chunks]
+            chunks.append(Chunk(usage=await self._tokens.usage(body, texts)))
+        return chunks
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if not request.stream:
             return _one_read(self.complete(request))
-        path, payload = _PATHS[request.kind == "chat"], self._payload(request, True)
+        body = self._body(request, True)
+        path, payload = _PATHS[request.kind == "chat"], orjson.dumps(body)
         rename = self._rename(str((request.body or {}).get("model") or self._model.id))
+
+        def count(texts: list[str]) -> Awaitable[Usage]:
+            return self._tokens.usage(body, texts)
+
         events = EventStream(
-            where=self._where, chat=request.kind == "chat", n=request.sampling.n, rename=rename
+            where=self._where, chat=request.kind == "chat", n=request.sampling.n, rename=rename, count=count
         )
         # the relay is the stream itself, not wrapped in a generator of ours: its
         # close (the client gone) closes the upstream response, aborting the request
