@@ -55,7 +55,8 @@ class OpenAIBackend:
         self._cap_field = (
             model.max_tokens_field if "max_completion_tokens" in table.forwards else "max_tokens"
         )
-        self._window: int | None = None  # the upstream's context (vLLM lists max_model_len)
+        # the upstream's context: vLLM lists max_model_len; TGI's /info has max_total_tokens
+        self.window: int | None = None
         self._upstream_model = endpoint.upstream_model or model.id
         headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env:
@@ -82,7 +83,7 @@ class OpenAIBackend:
             # limits.max_tokens holds without the client's max_tokens too; an upstream whose
             # whole window is within the cap is bounded by it already (and vLLM refuses a
             # prompt plus max_tokens over its window)
-            if self._window is None or self._cap < self._window:
+            if self.window is None or self._cap < self.window:
                 data[self._cap_field] = self._cap
         elif asked is not None and "max_completion_tokens" not in self._table.forwards:
             data.pop("max_completion_tokens", None)
@@ -212,7 +213,7 @@ class OpenAIBackend:
             return ProbeResult(False, latency, "GET /models did not answer a model list", auth_ok=True)
         listed = self._upstream_model in rows
         window = rows[self._upstream_model].get("max_model_len") if listed else None
-        self._window = window if type(window) is int and window > 0 else None
+        self.window = window if type(window) is int and window > 0 else None
         detail = "ok" if listed else f"model {self._upstream_model!r} not listed upstream"
         return ProbeResult(listed, latency, detail, auth_ok=True, model_listed=listed)
 

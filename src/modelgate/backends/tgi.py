@@ -154,7 +154,10 @@ class TGIBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         await self._prepare()
         if self._protocol(request) == "messages":
-            async for chunk in self._messages_backend().generate(_with_body(request)):
+            messages = self._messages_backend()
+            window = (self._info or {}).get("max_total_tokens")
+            messages.window = window if isinstance(window, int) else None
+            async for chunk in messages.generate(_with_body(request)):
                 yield chunk
             return
         self.check(request)

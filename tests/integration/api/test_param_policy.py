@@ -264,3 +264,8 @@ async def test_tgi_messages_forwards_its_table_and_states_max_tokens(tgi_server:
     asked, capped = tgi_server.app[tgi.STATE].seen_bodies[-2:]
     assert asked["max_tokens"] == 3 and "max_completion_tokens" not in asked and "store" not in asked
     assert capped["max_tokens"] == 300
+    # a cap at or over /info's max_total_tokens (2048) is not sent: TGI's window bounds the answer
+    # and TGI refuses a prompt plus max_tokens over it
+    async with running_gateway(config([model], limits={"max_tokens": 4096})) as base:
+        assert (await post(base, {"model": "t", "messages": MSG}))[0] == 200
+    assert "max_tokens" not in tgi_server.app[tgi.STATE].seen_bodies[-1]
