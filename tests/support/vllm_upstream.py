@@ -18,6 +18,7 @@ Every request (path and body) is recorded in ``requests``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class FakeUpstream:
     system_fingerprint: str | None = None
     cached_tokens: int | None = None
     empty_deltas: int = 0  # {"delta": {}} events before the first token
+    empty_delta_every_s: float = 0.0  # and the pause before each
     max_model_len: int | None = None  # listed in /v1/models, as vLLM does
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
@@ -193,6 +195,8 @@ class FakeUpstream:
             )
             await resp.write(self._delta(chat, opening))
         for _ in range(self.empty_deltas):
+            if self.empty_delta_every_s:
+                await asyncio.sleep(self.empty_delta_every_s)
             await resp.write(self._delta(chat, {}))
         if chat and self.reasoning_key:
             for word in self.reasoning.split(" "):

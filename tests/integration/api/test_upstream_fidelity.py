@@ -7,6 +7,7 @@ with the openai SDK as the client and every body checked against OpenAI's spec.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,3 +125,15 @@ async def test_reasoning_in_history_is_accepted_and_forwarded(gateway_for: Any, 
     got = await client.chat.completions.create(model="m", messages=history)  # type: ignore[arg-type]
     assert got.choices[0].message.content == " ".join(WORDS)
     assert up.bodies()[-1]["messages"][1][key] == "the user greets me"
+
+
+async def test_empty_deltas_do_not_hold_off_the_first_token_timeout(gateway_for: Any) -> None:
+    """An upstream that sends ``{"delta": {}}`` more often than first_token_s, and never a
+    token, is cut at first_token_s (15.17), not at total_s."""
+    up = FakeUpstream(empty_deltas=100, empty_delta_every_s=0.1)
+    base = await gateway_for(up, timeouts={"first_token_s": 0.5, "idle_s": 0.5, "total_s": 60})
+    started = time.perf_counter()
+    status, body = await post(base, {"model": "m", "messages": MSG, "stream": True})
+    assert status == 504 and body["error"]["code"] == "upstream_timeout"
+    assert "first token" in body["error"]["message"]
+    assert 0.45 < time.perf_counter() - started < 3
