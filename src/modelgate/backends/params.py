@@ -44,8 +44,17 @@ NEVER_FORWARD = frozenset(
     }
 )
 SAMPLING = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed"})
-_NEUTRAL: Mapping[str, Any] = MappingProxyType(
-    {"presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1, "parallel_tool_calls": True}
+# values that ask for nothing: accepted where the parameter is not honoured
+_NEUTRAL: Mapping[str, tuple[Any, ...]] = MappingProxyType(
+    {
+        "presence_penalty": (0,),
+        "frequency_penalty": (0,),
+        "repetition_penalty": (1,),
+        "top_k": (0, -1),
+        "parallel_tool_calls": (True,),
+        "best_of": (1,),
+        "suffix": ("",),
+    }
 )
 
 
@@ -56,7 +65,7 @@ class ParamTable:
     forwards: frozenset[str] = frozenset()
     # the model's forward_extra is sent on (an upstream), or refused (the engine)
     takes_extra: bool = False
-    neutral: Mapping[str, Any] = field(default_factory=lambda: _NEUTRAL)
+    neutral: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: _NEUTRAL)
 
     def accepts(self, name: str) -> bool:
         return name in REQUEST or name in DROPPED or name in self.honours or name in self.forwards
@@ -67,7 +76,7 @@ class ParamTable:
         for name in sorted(request.params_set):
             if self.accepts(name) or (self.takes_extra and name in extra and name not in NEVER_FORWARD):
                 continue
-            if name in self.neutral and body.get(name) == self.neutral[name]:
+            if name in self.neutral and body.get(name) in self.neutral[name]:
                 continue
             return name
         return None
