@@ -3,7 +3,9 @@
 What the client's validated body may carry on is this backend's parameter table
 (``backends/params.py``: the forwarded parameters and the model's ``forward_extra``,
 nested objects cut to their documented shapes), model renamed and the effective
-``max_tokens`` cap stated; streams are relayed chunk by chunk as they arrive.  Upstream errors of every known shape are translated here, where they enter.
+``max_tokens`` cap stated; streams are relayed chunk by chunk as they arrive.  An
+answer without usage gets one counted by ``upstream_tokens.py``.  Upstream errors of
+every known shape are translated here, where they enter.
 """
 
 from __future__ import annotations
