@@ -65,7 +65,9 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {ctx.config.secret(endpoint.api_key_env)}"
         self._up = http.Endpoint(ctx.http, endpoint.url, headers=headers, connect_s=model.timeouts.connect_s)
         # counts for answers that come without usage (llama.cpp, older vLLM, Ollama)
-        self._tokens = UpstreamTokenizer(ctx.http, endpoint.url, headers, model.timeouts.connect_s)
+        self._tokens = UpstreamTokenizer(
+            ctx.http, endpoint.url, headers, model.timeouts.connect_s, min(5.0, model.timeouts.idle_s / 2)
+        )
         self._where = self._up.where
 
     def check(self, request: GenerationRequest) -> None:

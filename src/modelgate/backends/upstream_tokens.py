@@ -30,7 +30,7 @@ from typing import Any, Literal
 import orjson
 
 from modelgate.backends import http
-from modelgate.errors import UpstreamError
+from modelgate.errors import UpstreamConnectError, UpstreamDisconnected, UpstreamError, UpstreamTimeout
 from modelgate.types import Usage
 
 log = logging.getLogger("modelgate.backends.tokens")
@@ -70,7 +70,15 @@ def estimate_prompt(body: Mapping[str, Any]) -> int:
 class UpstreamTokenizer:
     """Counts with one upstream's tokenizer (its root URL: the endpoint's without ``/v1``)."""
 
-    def __init__(self, client: http.UpstreamClient, url: str, headers: Mapping[str, str], connect_s: float):
+    def __init__(
+        self,
+        client: http.UpstreamClient,
+        url: str,
+        headers: Mapping[str, str],
+        connect_s: float,
+        timeout_s: float = 5.0,
+    ):
+        self._timeout_s = timeout_s  # a count that takes longer is estimated instead
         root = url.rstrip("/")
         root = root[:-3] if root.endswith("/v1") else root
         self._up = http.Endpoint(client, root, headers=headers, connect_s=connect_s)
@@ -87,14 +95,15 @@ class UpstreamTokenizer:
         generated ``completions``."""
         texts = [t for t in completions if t]
         try:
-            kind = await self._kind(body.get("model"))
-            prompt = await self._prompt(kind, body)
-            completion = 0
-            for text in texts:
-                completion += await self._text(kind, body.get("model"), text)
+            async with asyncio.timeout(self._timeout_s):
+                kind = await self._kind(body.get("model"))
+                prompt = await self._prompt(kind, body)
+                completion = 0
+                for text in texts:
+                    completion += await self._text(kind, body.get("model"), text)
             return Usage(prompt, completion)
-        except (UpstreamError, KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-            log.warning("counting tokens upstream failed, estimating: %s", exc)
+        except (UpstreamError, KeyError, TypeError, ValueError, orjson.JSONDecodeError, TimeoutError) as exc:
+            log.warning("counting tokens upstream failed, estimating: %r", exc)
             return Usage(estimate_prompt(body), sum(estimate(t) for t in texts))
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
@@ -102,8 +111,12 @@ class UpstreamTokenizer:
         return await http.read_json(resp, where=self._up.where, limit=16 << 20)
 
     async def _try(self, path: str, body: Mapping[str, Any]) -> Any:
+        """The answer, or None where the upstream answered that it has no such thing;
+        an upstream that did not answer raises (nothing is concluded from it)."""
         try:
             return await self._post(path, body)
+        except (UpstreamConnectError, UpstreamTimeout, UpstreamDisconnected):
+            raise
         except (UpstreamError, orjson.JSONDecodeError):
             return None
 
