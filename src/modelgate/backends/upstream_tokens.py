@@ -15,7 +15,8 @@ tokenizer where it has one (found once, at the first answer without usage):
   prompt's count is the messages' text tokenized: an estimate (it leaves out the
   template's own tokens).
 - anything else (Ollama, hosted APIs): an estimate of every count, one token per
-  four bytes of UTF-8 and four per message.
+  four bytes of UTF-8; a chat template's own tokens are estimated as ChatML's and
+  Llama 3's are: five per message and three to open the reply.
 
 A count is never worth failing an answer for: any failure falls back to the estimate.
 """
@@ -37,6 +38,8 @@ log = logging.getLogger("modelgate.backends.tokens")
 
 Kind = Literal["vllm", "llama.cpp", "llama-cpp-python", "none"]
 _PROBE = "hello world"
+_PER_MESSAGE = 5  # a chat template's tokens around each message (ChatML, Llama 3)
+_REPLY = 3  # and those that open the assistant's reply
 
 
 def estimate(text: str) -> int:
@@ -62,7 +65,7 @@ def _message_text(messages: Iterable[Any]) -> list[str]:
 def estimate_prompt(body: Mapping[str, Any]) -> int:
     if "messages" in body:
         texts = _message_text(body.get("messages") or ())
-        return sum(estimate(t) + 4 for t in texts) + 3
+        return sum(estimate(t) + _PER_MESSAGE for t in texts) + _REPLY
     prompt = body.get("prompt")
     return estimate(prompt if isinstance(prompt, str) else "")
 
@@ -166,9 +169,13 @@ class UpstreamTokenizer:
             data = await self._post("/tokenize", {"content": prompt, "add_special": True})
             return len(data["tokens"])
         if kind == "llama-cpp-python":
-            text = "\n".join(_message_text(body["messages"])) if chat else str(prompt)
-            data = await self._post("/extras/tokenize", {"input": text})
-            return len(data["tokens"])
+            if not chat:
+                return len((await self._post("/extras/tokenize", {"input": prompt}))["tokens"])
+            total = _REPLY
+            for text in _message_text(body["messages"]):  # the text exact, the template estimated
+                data = await self._post("/extras/tokenize", {"input": text})
+                total += max(0, len(data["tokens"]) - self._baseline) + _PER_MESSAGE
+            return total
         return estimate_prompt(body)
 
     async def _text(self, kind: Kind, model: Any, text: str) -> int:
