@@ -187,8 +187,8 @@ async def test_no_cap_where_the_upstream_window_is_smaller() -> None:
             [openai_model(up)], limits={"max_tokens": 100}, health={"interval_s": 0.05, "timeout_s": 1}
         )
         async with running_gateway(cfg) as base:
-            for _ in range(100):  # the first probe has read /v1/models
-                if any(p == "/v1/models" for p in up.paths):
+            for _ in range(200):  # a second probe: the first one's answer has been read
+                if up.paths.count("/v1/models") >= 2:
                     break
                 await asyncio.sleep(0.02)
             assert (await post(base, {"model": "m", "messages": MSG}))[0] == 200
