@@ -365,7 +365,25 @@ class ModelConfig(_Frozen):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     retry: RetryConfig = RetryConfig()
     storage: StorageSpec | None = None
-    forward_params: tuple[str, ...] = ()  # vendor extras allowed through to upstreams
+    # request fields sent on to upstreams beyond the backend's table (backends/params.py):
+    # vendor extras (min_p, chat_template_kwargs) or dropped ones (store, metadata...);
+    # ``forward_params``, its former name, is read as this
+    forward_extra: tuple[str, ...] = ()
+    # the max_tokens sent when a client sends none (default: limits.max_tokens); set it
+    # within an upstream's context window where that upstream refuses a larger cap
+    default_max_tokens: int | None = Field(None, ge=1)
+    # the field that carries that cap to an openai upstream (hosted reasoning models
+    # take only max_completion_tokens)
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "forward_params" in data:
+            data = dict(data)
+            old = tuple(data.pop("forward_params") or ())
+            data["forward_extra"] = (*old, *(data.get("forward_extra") or ()))
+        return data
 
     @field_validator("device")
     @classmethod

@@ -91,6 +91,9 @@ class GenerationRequest:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The upstream's own breakdowns, kept as sent: ``prompt_tokens_details`` (e.g.
+    # ``cached_tokens``) and ``completion_tokens_details`` (e.g. ``reasoning_tokens``).
+    details: Mapping[str, Any] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -129,10 +132,15 @@ class Chunk:
     # renamed), forwarded as is: no re-rendering when no translation is needed.
     # ``b""`` marks a further chunk of an event whose bytes an earlier chunk carried.
     raw: bytes | None = None
+    # Reasoning text under the name the upstream gave it (``reasoning``,
+    # ``reasoning_content``): content too, kept in whole answers as in streams.
+    reasoning: Mapping[str, str] | None = None
+    # Fields of the answer's envelope to keep (``system_fingerprint``).
+    meta: Mapping[str, Any] | None = None
 
     @property
     def has_content(self) -> bool:
-        return bool(self.text or self.tool_calls or self.finish_reason or self.logprobs)
+        return bool(self.text or self.tool_calls or self.finish_reason or self.logprobs or self.reasoning)
 
     def with_buffered(self, buffered: bool) -> Chunk:
         """A copy with another ``buffered`` hint (``dataclasses.replace`` is slow on
@@ -148,6 +156,8 @@ class Chunk:
             token_ids=self.token_ids,
             buffered=buffered,
             raw=self.raw,
+            reasoning=self.reasoning,
+            meta=self.meta,
         )
 
 

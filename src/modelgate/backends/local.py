@@ -21,6 +21,7 @@ from typing import Any
 
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import SEGMENT_CHARS, count_up_to
+from modelgate.backends.params import LOCAL, max_tokens_cap
 from modelgate.config import EndpointConfig, ModelConfig
 from modelgate.engine.runtime import LoadFailure, LocalModel, load_local_model
 from modelgate.engine.sampling import SamplingConfig
@@ -152,7 +153,8 @@ class LocalBackend:
             raise InvalidRequest(
                 f"model {self.model.id!r} is an embedding model; use /v1/embeddings", param="model"
             )
-        name = unsupported_param(request)
+        LOCAL.check(request)  # parameters the engine has no notion of
+        name = unsupported_param(request)  # values it cannot honour yet
         if name is not None:
             raise InvalidRequest(
                 f"the local engine does not support '{name}' (model {self.model.id!r})", param=name
@@ -171,6 +173,9 @@ class LocalBackend:
         # never on the event loop (the fast tokenizer lets go of the GIL meanwhile)
         prompt = await asyncio.to_thread(_prompt_ids, local, request, engine.loaded.max_context)
         max_new = engine.max_new_tokens(len(prompt), request.sampling.max_tokens)
+        if request.sampling.max_tokens is None:  # limits.max_tokens holds without it too
+            cap = max_tokens_cap(self.model.default_max_tokens, self._ctx.config.limits.max_tokens)
+            max_new = min(max_new, cap)
         seqs = [
             engine.submit(
                 prompt,

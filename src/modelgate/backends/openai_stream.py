@@ -25,10 +25,27 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 _CHAT_SIMPLE = frozenset({"role", "content"})
 
 
+_USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+REASONING_KEYS = ("reasoning", "reasoning_content")  # vLLM now / vLLM before, DeepSeek
+META_KEYS = ("system_fingerprint",)
+
+
 def usage_of(raw: Any) -> Usage | None:
     if type(raw) is not dict:
         return None
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    details = {k: v for k in _USAGE_DETAILS if type(v := raw.get(k)) is dict}
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), details or None)
+
+
+def reasoning_of(fields: Mapping[str, Any]) -> dict[str, str] | None:
+    """The reasoning text of a delta or message, by the name the upstream used."""
+    found = {k: v for k in REASONING_KEYS if type(v := fields.get(k)) is str and v}
+    return found or None
+
+
+def meta_of(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    found = {k: v for k in META_KEYS if (v := event.get(k)) is not None}
+    return found or None
 
 
 def finish_of(value: Any) -> Any:
@@ -57,12 +74,29 @@ class _Run:
         self.finish: Any = None
 
 
+CountUsage = Callable[[list[str]], Awaitable[Usage]]
+
+
 class EventStream:
-    def __init__(self, *, where: str, chat: bool, n: int, rename: Callable[[bytes], bytes] | None) -> None:
+    """``count``: the usage of the texts generated (one per choice), for an upstream
+    that ended its stream without a usage event (``upstream_tokens.py``); the
+    client then gets modelgate's count, in the same place: one event, last before
+    ``[DONE]``, with ``choices: []``."""
+
+    def __init__(
+        self,
+        *,
+        where: str,
+        chat: bool,
+        n: int,
+        rename: Callable[[bytes], bytes] | None,
+        count: CountUsage | None = None,
+    ) -> None:
         self._where = where
         self._chat = chat
         self._n = n
         self._rename = rename
+        self._count = count
 
     async def chunks(self, open_response: Callable[[], Awaitable[_Response]]) -> AsyncIterator[Chunk]:
         """The whole relay in one generator: open the upstream response, read it
@@ -72,16 +106,28 @@ class EventStream:
         resp = await open_response()
         finished: set[int] = set()
         split = SSESplitter()
+        usage_seen = False
+        texts: dict[int, list[str]] = {}  # what each choice generated, while no usage came
+        head: bytes | None = None
         try:
             read = resp.readany
             while True:
                 block = await read()
                 datas = split.feed(block) if block else split.end()
                 if datas:
+                    if head is None:
+                        head = datas[0]
                     out, done, error = self._read(datas)
                     for chunk in out:
                         if chunk.finish_reason is not None:
                             finished.add(chunk.index)
+                        if chunk.usage is not None:
+                            usage_seen = True
+                        elif chunk.text or chunk.reasoning:
+                            parts = texts.setdefault(chunk.index, [])
+                            parts.append(chunk.text)
+                            if chunk.reasoning:
+                                parts.extend(chunk.reasoning.values())
                         yield chunk
                     if error is not None:
                         raise error
@@ -99,6 +145,31 @@ class EventStream:
             resp.close()
         if len(finished) < self._n:
             raise UpstreamDisconnected(f"{self._where} stream ended before a finish reason")
+        if not usage_seen and self._count is not None:
+            usage = await self._count(["".join(texts[i]) for i in sorted(texts)])
+            yield Chunk(usage=usage, raw=self._usage_event(head, usage))
+
+    def _usage_event(self, head: bytes | None, usage: Usage) -> bytes:
+        """A usage event in the upstream's own terms (its id, created and model)."""
+        try:
+            first = orjson.loads(head) if head else {}
+        except orjson.JSONDecodeError:
+            first = {}
+        if type(first) is not dict:
+            first = {}
+        event: dict[str, Any] = {
+            "id": first.get("id") or "",
+            "object": "chat.completion.chunk" if self._chat else "text_completion",
+            "created": first.get("created") or 0,
+            "model": first.get("model") or "",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+        return self._frames([orjson.dumps(event)])
 
     def _read(self, datas: list[bytes]) -> tuple[list[Chunk], bool, UpstreamError | None]:
         """The chunks of one socket read, whether ``[DONE]`` came in it, and the
@@ -230,6 +301,7 @@ class EventStream:
                     logprobs=logprobs if self._chat and type(logprobs) is dict else None,
                     buffered=True,
                     raw=frame if pos == 0 else b"",
+                    reasoning=reasoning_of(delta) if self._chat else None,
                 )
             )
         if usage is not None:

@@ -35,12 +35,15 @@ import orjson
 from modelgate.backends import fanout, http
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import ChatTemplate, TokenCounter
+from modelgate.backends.params import TGI_GENERATE, TGI_MESSAGES, max_tokens_cap
 from modelgate.backends.sse import EventTooLarge, TruncatedEvent, iter_sse
 from modelgate.backends.tgi_native import (
     FINISH,
     StopTrimmer,
     check_limits,
+    check_values,
     finish_reason,
+    max_new_tokens,
     parameters,
     strip_stop,
 )
@@ -188,10 +191,15 @@ class TGIBackend:
     def check(self, request: GenerationRequest) -> None:
         if self._info is None and self._model.protocol == "auto":
             return  # decided when the endpoint answers; generate() checks again
-        if self._route(request, self._info or {}) == "generate":
+        route = self._route(request, self._info or {})
+        if route == "messages":
+            TGI_MESSAGES.check(request, self._model.forward_extra)
+        elif route == "generate":
             self._check_native(request, self._info)
 
     def _check_native(self, request: GenerationRequest, info: Mapping[str, Any] | None) -> None:
+        TGI_GENERATE.check(request)
+        check_values(request)
         if request.sampling.n > 1:
             raise InvalidRequest("n > 1 is not supported by TGI's /generate", param="n")
         if request.sampling.logprobs:
@@ -232,6 +240,8 @@ class TGIBackend:
 
     def _via_messages(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         backend = self._messages_backend()
+        window = (self._info or {}).get("max_total_tokens")
+        backend.window = window if isinstance(window, int) else None
         request = _with_body(request)
         if request.sampling.n <= 1:
             return backend.generate(request)  # type: ignore[no-any-return]
@@ -249,7 +259,9 @@ class TGIBackend:
             ep = self._endpoint.model_copy(
                 update={"url": self._url + "/v1", "upstream_model": self._endpoint.upstream_model or "tgi"}
             )
-            self._messages = OpenAIBackend(self._model, ep, replace(self._ctx, http=self._client))
+            self._messages = OpenAIBackend(
+                self._model, ep, replace(self._ctx, http=self._client), table=TGI_MESSAGES
+            )
         return self._messages
 
     # --- native /generate -----------------------------------------------------------
@@ -267,7 +279,9 @@ class TGIBackend:
         else:
             prompt, counted = self._render(request, info)
         check_limits(request, info, counted)
-        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info)})
+        cap = max_tokens_cap(self._model.default_max_tokens, self._ctx.config.limits.max_tokens)
+        max_new = max_new_tokens(request, info, counted, cap)
+        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info, max_new)})
         if request.stream:
             return self._stream(await self._post("/generate_stream", body), request, prompt, counted)
         return _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))

@@ -26,7 +26,35 @@ def finish_reason(details: Any, where: str) -> FinishReason:
         raise UpstreamError(f"{where} gave no usable finish reason ({raw!r})") from None
 
 
-def parameters(request: GenerationRequest, info: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_values(request: GenerationRequest) -> None:
+    """Values of honoured parameters that TGI's bounds exclude: refused, never dropped
+    (``seed`` and ``frequency_penalty`` have exclusive minimums of 0 and -2)."""
+    s = request.sampling
+    if s.seed is not None and s.seed <= 0:
+        raise InvalidRequest("TGI's /generate takes a seed above 0.", param="seed")
+    if s.frequency_penalty is not None and s.frequency_penalty <= -2:
+        raise InvalidRequest("TGI's /generate takes a frequency_penalty above -2.", param="frequency_penalty")
+
+
+def max_new_tokens(
+    request: GenerationRequest, info: Mapping[str, Any] | None, prompt_tokens: int | None, cap: int
+) -> int | None:
+    """``max_new_tokens`` to send: the client's, else the cap (limits.max_tokens) kept
+    within ``/info``'s ``max_total_tokens``; None where TGI's own default (the rest of
+    the window) is already the tighter bound and the prompt's length is unknown."""
+    if request.sampling.max_tokens is not None:
+        return request.sampling.max_tokens
+    total = (info or {}).get("max_total_tokens")
+    if not isinstance(total, int):
+        return cap
+    if prompt_tokens is not None:
+        return max(1, min(cap, total - prompt_tokens))
+    return None if cap >= total else cap
+
+
+def parameters(
+    request: GenerationRequest, info: Mapping[str, Any] | None, max_new: int | None = None
+) -> dict[str, Any]:
     s = request.sampling
     p: dict[str, Any] = {"details": True, "return_full_text": False, "decoder_input_details": False}
     sampling = s.temperature is None or s.temperature > 0
@@ -37,15 +65,16 @@ def parameters(request: GenerationRequest, info: Mapping[str, Any] | None) -> di
     if s.top_k is not None and s.top_k > 0:
         p["top_k"] = s.top_k
     p["do_sample"] = bool(sampling and ("temperature" in p or "top_p" in p or "top_k" in p))
-    if s.max_tokens is not None:
-        p["max_new_tokens"] = s.max_tokens
+    max_new = s.max_tokens if max_new is None else max_new
+    if max_new is not None:
+        p["max_new_tokens"] = max_new
     if s.stop:
         p["stop"] = list(s.stop)
-    if s.seed is not None and s.seed > 0:
+    if s.seed is not None:  # check_values refused what TGI cannot take
         p["seed"] = s.seed
     if s.repetition_penalty is not None and s.repetition_penalty > 0:
         p["repetition_penalty"] = s.repetition_penalty
-    if s.frequency_penalty is not None and s.frequency_penalty > -2:
+    if s.frequency_penalty is not None:
         p["frequency_penalty"] = s.frequency_penalty
     if s.top_logprobs:
         p["top_n_tokens"] = s.top_logprobs

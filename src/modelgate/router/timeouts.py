@@ -1,7 +1,8 @@
 """Per-model timeouts on a backend's chunk stream.
 
-``first_token_s`` bounds the wait for the first chunk with content, ``idle_s`` the
-gap between chunks after it, ``total_s`` the whole answer.  A non-streaming
+``first_token_s`` bounds the wait for the first chunk with content, counted from the
+attempt's start (chunks without content, such as ``{"delta": {}}``, do not restart
+it), ``idle_s`` the gap between chunks after it, ``total_s`` the whole answer.  A non-streaming
 request has no tokens to watch: the pool bounds it with ``total_s`` alone
 (``EndpointPool.complete``).  ``connect_s`` is the backend's own (its HTTP
 client's connect timeout).  On expiry the upstream stream is closed, which
@@ -34,19 +35,33 @@ class StreamClock:
     where a loop timer per wait cost 5 µs); only a wait that ``total_s`` ends first
     (near the end of the budget) takes a timer of its own."""
 
-    __slots__ = ("_end", "_first", "_idle", "_loop", "_where")
+    __slots__ = ("_end", "_first", "_first_end", "_idle", "_loop", "_waited", "_where")
 
     def __init__(self, limits: TimeoutsConfig, where: str, first: Deadlines, idle: Deadlines) -> None:
         self._where = where
         self._first = first
         self._idle = idle
         self._loop = asyncio.get_running_loop()
-        self._end = self._loop.time() + limits.total_s
+        now = self._loop.time()
+        self._end = now + limits.total_s
+        # content, not chunks, stops the first-token clock: one deadline for the attempt
+        self._first_end = min(now + limits.first_token_s, self._end)
+        self._waited = False
 
     async def wait(self, stream: AsyncIterator[Chunk], started: bool) -> Chunk | None:
         """The next chunk (None at the end), or ``UpstreamTimeout``; on expiry the
         stream is cancelled where it waits, which closes the upstream request."""
         deadlines = self._idle if started else self._first
+        if not started and self._waited:
+            # a chunk without content came (an empty delta, a role): the first token's
+            # deadline stays where it was; a timer of its own, as this is rare
+            end = self._first_end
+            try:
+                async with asyncio.timeout_at(end):
+                    return await anext(stream, None)
+            except TimeoutError:
+                raise self._expired("first token" if end < self._end else "total") from None
+        self._waited = True
         if self._loop.time() + deadlines.budget_s >= self._end:
             try:
                 async with asyncio.timeout_at(self._end):

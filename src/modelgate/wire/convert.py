@@ -21,9 +21,12 @@ from modelgate.wire.openai import (
     EmbeddingRequestIn,
 )
 
-# OpenAI parameters that carry no meaning for generation here; accepted and dropped.
+# OpenAI parameters that carry no meaning for generation here; accepted and dropped
+# (never sent to an upstream unless a model's forward_extra names them: backends/params.py).
 IGNORED = frozenset({"store", "metadata", "service_tier", "parallel_tool_calls", "stream_options", "user"})
 # OpenAI parameters we do not implement: a clear 400 naming them, never silently dropped.
+# (logit_bias, reasoning_effort, prompt_cache_key, verbosity are schema fields: each
+# backend's table in backends/params.py forwards or refuses them.)
 UNSUPPORTED = frozenset(
     {
         "audio",
@@ -32,9 +35,6 @@ UNSUPPORTED = frozenset(
         "functions",
         "function_call",
         "web_search_options",
-        "reasoning_effort",
-        "verbosity",
-        "prompt_cache_key",
         "safety_identifier",
     }
 )
@@ -90,7 +90,7 @@ def _check_extras(req: BaseModel, model: ModelConfig) -> dict[str, Any]:
             if value is None or value is False or value == [] or value == {}:
                 continue
             raise InvalidRequest(f"Parameter '{key}' is not supported by this server.", param=key)
-        if key in model.forward_params and key not in NEVER_FORWARD:
+        if key in model.forward_extra and key not in NEVER_FORWARD:
             forward[key] = value
             continue
         raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key)
@@ -163,9 +163,11 @@ def _message(m: ChatMessageIn, i: int) -> ChatMessage:
 
 
 def _set_params(req: BaseModel) -> frozenset[str]:
-    # "is", not "in": 0 and 0.0 are set values, only None and False are not
+    # "is", not "in": 0 and 0.0 are set values, only None, False and empty containers are not
     return frozenset(
-        k for k in req.model_fields_set if (v := getattr(req, k, None)) is not None and v is not False
+        k
+        for k in req.model_fields_set
+        if (v := getattr(req, k, None)) is not None and v is not False and v != [] and v != {}
     )
 
 

@@ -68,7 +68,10 @@ class ChatMessageIn(_Strict):
     tool_call_id: str | None = None
     refusal: str | None = None
     function_call: dict[str, Any] | None = None
+    # reasoning sent back in history: vLLM's ``reasoning`` (current) and
+    # ``reasoning_content`` (older vLLM, DeepSeek)
     reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class StreamOptions(_Strict):
@@ -107,6 +110,9 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=1024)
 
 
 class CompletionRequest(_Sampling):

@@ -18,12 +18,15 @@ import orjson
 from modelgate.types import Chunk, EmbeddingResult, GenerationRequest, Usage
 
 
-def usage_body(u: Usage) -> dict[str, int]:
-    return {
+def usage_body(u: Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
     }
+    if u.details:  # the upstream's breakdowns (cached_tokens, reasoning_tokens...), as sent
+        body.update(u.details)
+    return body
 
 
 _TEXT_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
@@ -37,6 +40,7 @@ class _Choice:
     logprobs: list[Any] = field(default_factory=list)
     # completions' logprobs: tokens, token_logprobs, top_logprobs, text_offset
     text_logprobs: dict[str, list[Any]] = field(default_factory=dict)
+    reasoning: dict[str, list[str]] = field(default_factory=dict)  # by the upstream's name for it
 
 
 def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: Iterable[Mapping[str, Any]]) -> None:
@@ -58,6 +62,7 @@ class Aggregator:
     def __init__(self) -> None:
         self.choices: dict[int, _Choice] = {}
         self.usage: Usage | None = None
+        self.meta: dict[str, Any] = {}
 
     def finish_reasons(self) -> tuple[str, ...]:
         return tuple(self.choices[i].finish_reason or "" for i in sorted(self.choices))
@@ -65,11 +70,16 @@ class Aggregator:
     def add(self, chunk: Chunk) -> None:
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.meta:
+            self.meta.update(chunk.meta)
         if not chunk.has_content:
             return
         c = self.choices.setdefault(chunk.index, _Choice())
         if chunk.text:
             c.text.append(chunk.text)
+        if chunk.reasoning:
+            for key, text in chunk.reasoning.items():
+                c.reasoning.setdefault(key, []).append(text)
         if chunk.tool_calls:
             _merge_tool_calls(c.tool_calls, chunk.tool_calls)
         if chunk.logprobs:
@@ -85,6 +95,8 @@ class Aggregator:
         for idx in sorted(self.choices):
             c = self.choices[idx]
             message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text), "refusal": None}
+            for key, parts in c.reasoning.items():
+                message[key] = "".join(parts)
             if c.tool_calls:
                 message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
                 if not c.text:
@@ -119,6 +131,8 @@ class Aggregator:
             "model": model,
             "choices": choices,
         }
+        if self.meta:
+            body.update(self.meta)
         if self.usage is not None:
             body["usage"] = usage_body(self.usage)
         return body
@@ -157,6 +171,8 @@ class ChunkRenderer:
                 self._role_sent.add(chunk.index)
             if chunk.text:
                 delta["content"] = chunk.text
+            if chunk.reasoning:
+                delta.update(chunk.reasoning)
             if chunk.tool_calls:
                 delta["tool_calls"] = [
                     {"index": tc.get("index", i), **{k: v for k, v in tc.items() if k != "index"}}

@@ -389,3 +389,38 @@ async def test_total_timeout_bounds_a_stream_that_keeps_trickling(make_pool):
         async for c in pool.generate(request()):
             got.append(c)
     assert 0.18 < time.perf_counter() - started < 0.7 and 1 <= len(got) <= 8
+
+
+async def test_empty_deltas_do_not_restart_the_first_token_clock(make_pool):
+    """An upstream that sends ``{"delta": {}}`` (a chunk without content) more often than
+    first_token_s is still bounded by first_token_s, not by total_s."""
+
+    async def empty_deltas() -> AsyncIterator[Chunk]:
+        yield Chunk(role="assistant")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            yield Chunk()  # no content: what an empty delta becomes
+        yield Chunk(text="late", finish_reason="stop")
+
+    pool, backends, _ = await make_pool(1, timeouts={"first_token_s": 0.2, "idle_s": 0.2, "total_s": 30})
+    backends[0].script = [empty_deltas]
+    started = time.perf_counter()
+    with pytest.raises(UpstreamTimeout, match="first token"):
+        await collect(pool)
+    assert 0.18 < time.perf_counter() - started < 0.6
+
+
+async def test_content_stops_the_first_token_clock(make_pool):
+    async def slow_but_steady() -> AsyncIterator[Chunk]:
+        yield Chunk(role="assistant")
+        await asyncio.sleep(0.05)
+        yield Chunk()
+        yield Chunk(text="a")
+        for _ in range(5):  # each gap within idle_s, the whole past first_token_s
+            await asyncio.sleep(0.06)
+            yield Chunk(text="b")
+        yield Chunk(finish_reason="stop")
+
+    pool, backends, _ = await make_pool(1, timeouts={"first_token_s": 0.15, "idle_s": 0.2})
+    backends[0].script = [slow_but_steady]
+    assert text(await collect(pool)) == "abbbbb"

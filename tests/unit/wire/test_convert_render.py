@@ -130,3 +130,36 @@ def test_completion_logprobs_are_merged_and_rendered() -> None:
     assert streamed["choices"][0]["logprobs"] == then
     plain = render.ChunkRenderer(req, "r", "m").render(Chunk(text="c"))
     assert plain["choices"][0]["logprobs"] is None
+
+
+def test_upstream_only_parameters_are_validated_and_reach_params_set() -> None:
+    req = chat(
+        logit_bias={"7": -100}, reasoning_effort="low", prompt_cache_key="k", verbosity="high", tools=[]
+    )
+    assert {"logit_bias", "reasoning_effort", "prompt_cache_key", "verbosity"} <= req.params_set
+    assert "tools" not in req.params_set  # empty: not set
+    for bad in ({"logit_bias": {"7": 101}}, {"reasoning_effort": "max"}, {"verbosity": 3}):
+        with pytest.raises(InvalidRequest) as exc:
+            chat(**bad)
+        assert exc.value.param is not None and exc.value.param.split(".")[0] in bad
+
+
+def test_reasoning_in_history_is_accepted() -> None:
+    for key in ("reasoning", "reasoning_content"):
+        req = chat(
+            messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", key: "r"}]
+        )
+        assert req.messages[1].content == "b"
+
+
+def test_aggregator_keeps_reasoning_usage_details_and_fingerprint() -> None:
+    agg = render.Aggregator()
+    agg.add(Chunk(reasoning={"reasoning": "thin"}, meta={"system_fingerprint": "fp"}))
+    agg.add(Chunk(reasoning={"reasoning": "king"}, text="answer", finish_reason="stop"))
+    agg.add(Chunk(usage=Usage(3, 4, {"prompt_tokens_details": {"cached_tokens": 2}})))
+    body = agg.chat_body("id", "m", 1)
+    assert body["choices"][0]["message"]["reasoning"] == "thinking"
+    assert body["system_fingerprint"] == "fp"
+    assert (
+        body["usage"]["prompt_tokens_details"] == {"cached_tokens": 2} and body["usage"]["total_tokens"] == 7
+    )
