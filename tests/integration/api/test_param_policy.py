@@ -230,7 +230,7 @@ async def test_tgi_generate_refuses_what_it_cannot_honour(
     tgi_server: FakeServer, tmp_path: Path, extra: dict[str, Any], param: str
 ) -> None:
     tokdir = write_tokenizer_dir(tmp_path / "tok")
-    async with running_gateway(config([tgi_model(tgi_server, tokdir)])) as base:
+    async with running_gateway(config([tgi_model(tgi_server, tokdir, protocol="generate")])) as base:
         status, body = await post(base, {"model": "t", "messages": MSG, **extra})
     assert status == 400 and body["error"]["param"] == param
     assert param in body["error"]["message"] or "TGI" in body["error"]["message"]
@@ -241,7 +241,9 @@ async def test_tgi_generate_honours_the_rest_and_sends_the_cap(
     tgi_server: FakeServer, tmp_path: Path
 ) -> None:
     tokdir = write_tokenizer_dir(tmp_path / "tok")
-    async with running_gateway(config([tgi_model(tgi_server, tokdir)], limits={"max_tokens": 300})) as base:
+    async with running_gateway(
+        config([tgi_model(tgi_server, tokdir, protocol="generate")], limits={"max_tokens": 300})
+    ) as base:
         neutral = {"presence_penalty": 0, "seed": 5, "frequency_penalty": 0.5, "store": True, "user": "u"}
         status, _ = await post(base, {"model": "t", "messages": MSG, **neutral})
         assert status == 200
