@@ -256,7 +256,9 @@ class Metrics:
     def key_usage_totals(self, totals: dict[tuple[str, str], list[int]]) -> None:
         """Mirror the usage ledger's totals of this process (read at scrape time)."""
         for (key, model), counts in totals.items():
-            for kind, count in zip(("requests", "prompt_tokens", "completion_tokens", "errors"), counts, strict=True):
+            for kind, count in zip(
+                ("requests", "prompt_tokens", "completion_tokens", "errors"), counts, strict=True
+            ):
                 self.child(self.key_usage, key, model, kind).value = count
 
     def state_store(self, status: dict[str, Any]) -> None:

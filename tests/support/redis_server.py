@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from tests.support.net import free_port
 
 BINARY = shutil.which("redis-server")
