@@ -34,7 +34,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from modelgate.config import StateConfig
 from modelgate.state.memory import MemoryStore
@@ -79,7 +79,7 @@ end
 """
 
 # KEYS: bucket hash, lease zset, quota hash
-# ARGV: rpm, tpm, max_in_flight, reserve, lease id, lease seconds, daily, monthly (0: none)
+# ARGV: rpm, tpm, max_in_flight, lease seconds, daily, monthly (0: none), reserve, lease id
 ADMIT = (
     "-- modelgate admit "
     + LAYOUT
@@ -87,8 +87,8 @@ ADMIT = (
     + _CIVIL
     + """
 local rpm, tpm, mif = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local reserve = tonumber(ARGV[4])
-local daily, monthly = tonumber(ARGV[7]), tonumber(ARGV[8])
+local reserve = tonumber(ARGV[7])
+local daily, monthly = tonumber(ARGV[5]), tonumber(ARGV[6])
 local b = redis.call('HMGET', KEYS[1], 'r', 't', 's')
 local stamp = tonumber(b[3]) or now
 local r = refill(rpm, b[1], stamp)
@@ -117,8 +117,8 @@ if rpm > 0 or tpm > 0 then
   store_buckets(KEYS[1], rpm, tpm, r, tk)
 end
 if mif > 0 then
-  local ttl = tonumber(ARGV[6])
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
+  local ttl = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[8])
   redis.call('PEXPIRE', KEYS[2], math.ceil(ttl * 1000) + 1000)
 end
 return {'ok', '0'}
@@ -126,15 +126,15 @@ return {'ok', '0'}
 )
 
 # KEYS: bucket hash, lease zset, quota hash
-# ARGV: rpm, tpm, used - reserved, lease id ('' none), quota (1/0)
+# ARGV: rpm, tpm, quota (1/0), used - reserved, lease id ('' none)
 SETTLE = (
     "-- modelgate settle "
     + LAYOUT
     + "\n"
     + _CIVIL
     + """
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
-local delta = tonumber(ARGV[3])
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[2], ARGV[5]) end
+local delta = tonumber(ARGV[4])
 if delta == 0 then return 1 end
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 if tpm > 0 then
@@ -144,7 +144,7 @@ if tpm > 0 then
   local tk = math.min(tpm, refill(tpm, b[2], stamp) - delta)
   store_buckets(KEYS[1], rpm, tpm, r, tk)
 end
-if ARGV[5] == '1' then
+if ARGV[3] == '1' then
   local day = civil(now)
   local month = string.sub(day, 1, 7)
   local q = redis.call('HMGET', KEYS[3], 'd', 'dt', 'm', 'mt')
@@ -200,6 +200,162 @@ class _Script:
             return await self._redis.eval(self._source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
+def _bulk(value: object) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class _Hot:
+    """A script of the request path, packed by hand: ``EVALSHA`` and, when the server has
+    lost it, ``EVAL`` with the same keys and arguments."""
+
+    def __init__(self, source: str) -> None:
+        import hashlib
+
+        self.source = source.encode()
+        sha = hashlib.sha1(self.source).hexdigest().encode()
+        self._evalsha = _bulk(b"EVALSHA") + _bulk(sha)
+        self._eval = _bulk(b"EVAL") + _bulk(self.source)
+
+    @staticmethod
+    def fixed(keys: list[str], args: list[Any]) -> tuple[int, bytes]:
+        """The keys and the arguments a key's policy fixes, packed once per policy."""
+        parts = [_bulk(len(keys)), *(_bulk(k) for k in keys), *(_bulk(a) for a in args)]
+        return len(parts), b"".join(parts)
+
+    @staticmethod
+    def tail(fixed: tuple[int, bytes], *args: Any) -> tuple[int, bytes]:
+        """Everything after the script: the fixed part, then ``args``."""
+        n, head = fixed
+        return n + 2 + len(args), head + b"".join([_bulk(a) for a in args])
+
+    def packed(self, tail: tuple[int, bytes], *, load: bool = False) -> bytes:
+        n, rest = tail
+        return b"*%d\r\n" % n + (self._eval if load else self._evalsha) + rest
+
+
+_Entry = tuple["_Hot", tuple[int, bytes], "asyncio.Future[Any] | None"]
+SETTLE_DELAY_S = 0.005  # settles wait this long for an admission to go out with
+
+
+class _Batches:
+    """The request path's commands on one connection of their own, pipelined: what is
+    queued while a batch is out goes out together with the next, in one write, and the
+    replies are read in order.  Admissions go out on the next turn of the event loop;
+    settles ride along with them, or go out after ``SETTLE_DELAY_S``.  A script the
+    server has lost is sent again with its source.  A batch that fails fails each of its
+    commands, is reported once (``on_error``), and the connection is made again."""
+
+    def __init__(self, redis: Redis, on_error: Callable[[BaseException], None]) -> None:
+        self._pool = redis.connection_pool
+        self._conn = self._pool.make_connection()
+        self._on_error = on_error
+        self._queue: list[_Entry] = []
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._busy = False
+
+    def send(self, script: _Hot, tail: tuple[int, bytes], want: bool) -> asyncio.Future[Any] | None:
+        loop = asyncio.get_running_loop()
+        if self._worker is None:
+            self._worker = loop.create_task(self._work())
+        future = loop.create_future() if want else None
+        self._queue.append((script, tail, future))
+        if want:
+            self._wake.set()
+        elif self._timer is None:
+            self._timer = loop.call_later(SETTLE_DELAY_S, self._wake.set)
+        return future
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._wake.is_set() and not self._busy and not self.tasks
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch, self._queue = self._queue, []
+            if batch:
+                self._busy = True
+                try:
+                    await self._run(batch)
+                finally:
+                    self._busy = False
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        conn = self._conn
+        done = 0
+        try:
+            await conn.connect()  # at once when connected
+            await conn.send_packed_command([s.packed(t) for s, t, _ in batch], check_health=False)
+            for script, tail, future in batch:
+                try:
+                    reply: Any = await conn.read_response()
+                except NoScriptError:
+                    done += 1
+                    self._again(script, tail, future)
+                    continue
+                except ResponseError as exc:
+                    reply = exc
+                done += 1
+                if future is not None and not future.done():
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        except Exception as exc:
+            await conn.disconnect(nowait=True)
+            self._on_error(exc)
+            for _, _, future in batch[done:]:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+
+    def _again(self, script: _Hot, tail: tuple[int, bytes], future: asyncio.Future[Any] | None) -> None:
+        """NOSCRIPT: the same command with the script's source, on a connection of the pool."""
+
+        async def load() -> None:
+            try:
+                conn = await self._pool.get_connection()
+                try:
+                    await conn.send_packed_command(script.packed(tail, load=True), check_health=False)
+                    reply = await conn.read_response()
+                finally:
+                    await self._pool.release(conn)
+            except Exception as exc:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                return
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+        task = asyncio.get_running_loop().create_task(load())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self, within_s: float) -> None:
+        """Until what is queued has gone out and been answered (at most ``within_s``)."""
+        if self._queue:
+            self._wake.set()
+        deadline = asyncio.get_running_loop().time() + within_s
+        # a condition over the queue, the worker and NOSCRIPT reloads: polled (close and tests only)
+        while not self.idle and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
+    async def close(self) -> None:
+        await self.drain(1.0)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await self._conn.disconnect()
+
+
 def connect(config: StateConfig, url: str) -> Redis:
     timeout = config.timeout_ms / 1000
     return Redis.from_url(
@@ -224,19 +380,20 @@ class RedisStore:
     ) -> None:
         self._config = config
         self._redis = client if client is not None else connect(config, url)
-        self._admit = _Script(self._redis, ADMIT)
-        self._settle = _Script(self._redis, SETTLE)
+        self._admit = _Hot(ADMIT)
+        self._settle = _Hot(SETTLE)
         self._renew = _Script(self._redis, RENEW)
+        self._batches = _Batches(self._redis, self._failed)
         self._clock = clock
         self._local = MemoryStore()  # on_error: local
         self._replica = os.urandom(6).hex()
         self._seq = itertools.count()
+        self._fixed: dict[KeyPolicy, tuple[tuple[int, bytes], tuple[int, bytes], str]] = {}
         self._leases: dict[str, set[str]] = {}  # lease set -> the leases this replica holds there
         self._pending: dict[
             tuple[str, str, str], list[int]
         ] = {}  # (day, key, model) -> usage not yet written
         self.ledger = Ledger()  # this process's totals (for /metrics)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._failures = 0
         self._open_until = 0.0
@@ -281,23 +438,13 @@ class RedisStore:
     async def admit(self, policy: KeyPolicy, reserve: int) -> Ticket:
         if not self._usable():
             return self._degraded(policy, reserve)
-        keys = key_names(policy.name)
+        admit, _, leases = self._packed(policy)
         lease = f"{self._replica}:{next(self._seq)}" if policy.max_in_flight else ""
-        args = [
-            policy.rpm or 0,
-            policy.tpm or 0,
-            policy.max_in_flight or 0,
-            reserve,
-            lease,
-            self._config.lease_s,
-            policy.daily_tokens or 0,
-            policy.monthly_tokens or 0,
-        ]
+        future = self._batches.send(self._admit, _Hot.tail(admit, reserve, lease), True)
         try:
-            kind, value = await self._admit(keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            return self._degraded(policy, reserve)
+            kind, value = await future  # type: ignore[misc]
+        except (RedisError, OSError, TimeoutError):
+            return self._degraded(policy, reserve)  # the batch's failure is counted once
         if self._failures:
             self._succeeded()
         if kind != b"ok":
@@ -307,38 +454,50 @@ class RedisStore:
             bound = {"rpm": policy.rpm, "tpm": policy.tpm, "daily_tokens": policy.daily_tokens}
             raise Refused(limit, bound.get(limit, policy.monthly_tokens) or 0, float(value))
         if lease:
-            self._leases.setdefault(keys[1], set()).add(lease)
+            self._leases.setdefault(leases, set()).add(lease)
         return Ticket(policy, reserve, self, lease or None)
+
+    def _packed(self, policy: KeyPolicy) -> tuple[tuple[int, bytes], tuple[int, bytes], str]:
+        """A policy's admit and settle commands as far as it fixes them, and its lease set."""
+        found = self._fixed.get(policy)
+        if found is None:
+            keys = key_names(policy.name)
+            admit = _Hot.fixed(
+                keys,
+                [
+                    policy.rpm or 0,
+                    policy.tpm or 0,
+                    policy.max_in_flight or 0,
+                    self._config.lease_s,
+                    policy.daily_tokens or 0,
+                    policy.monthly_tokens or 0,
+                ],
+            )
+            quota = 1 if (policy.daily_tokens or policy.monthly_tokens) else 0
+            settle = _Hot.fixed(keys, [policy.rpm or 0, policy.tpm or 0, quota])
+            if len(self._fixed) > 10_000:  # policies come from the config: never this many
+                self._fixed.clear()
+            found = self._fixed[policy] = (admit, settle, keys[1])
+        return found
 
     def settle(self, ticket: Ticket, used: int) -> None:
         if ticket.settled:
             return
         ticket.settled = True
         policy = ticket.policy
-        keys = key_names(policy.name)
+        _, settle, leases = self._packed(policy)
         lease = ticket.lease or ""
         if lease:
-            held = self._leases.get(keys[1])
+            held = self._leases.get(leases)
             if held is not None:
                 held.discard(lease)
                 if not held:
-                    del self._leases[keys[1]]
+                    del self._leases[leases]
         delta = used - ticket.reserved if policy.counts_tokens else 0
         if not lease and not delta:
             return
-        quota = 1 if (policy.daily_tokens or policy.monthly_tokens) else 0
-        self._spawn(self._settle_call(keys, [policy.rpm or 0, policy.tpm or 0, delta, lease, quota]))
-
-    async def _settle_call(self, keys: list[str], args: list[Any]) -> None:
-        try:
-            await self._settle(keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)  # the lease lapses; the reservation stays charged
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # off the request's path; if it fails, the lease lapses and the reservation stays charged
+        self._batches.send(self._settle, _Hot.tail(settle, delta, lease), False)
 
     # -- the usage ledger -------------------------------------------------------------------
     def record(self, key: str, model: str, prompt: int, completion: int, error: bool) -> None:
@@ -454,7 +613,6 @@ class RedisStore:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+        await self._batches.close()
         await self.flush_usage()
         await self._redis.aclose()

@@ -57,7 +57,7 @@ def raw_config(upstream: FakeOpenAI, redis_url: str, **state: Any) -> dict[str, 
             "admin_keys": [ADMIN],
         },
         "server": {"access_log": False, "drain_timeout_s": 1},
-        "state": {"redis_url": redis_url, "lease_s": 2, **state},
+        "state": {"redis_url": redis_url, "lease_s": 2, "timeout_ms": 500, **state},
         "models": [
             {
                 "id": "gpt-test",

@@ -21,8 +21,7 @@ def store(server: fakeredis.FakeServer, **cfg: object) -> RedisStore:
 
 async def settled(*stores: RedisStore) -> None:
     for s in stores:
-        while s._tasks:
-            await asyncio.wait(set(s._tasks))
+        await s._batches.drain(5.0)
 
 
 async def test_two_replicas_share_one_minute_of_requests() -> None:
