@@ -442,6 +442,10 @@ async def state_rows(args: argparse.Namespace, work: Path, upstream_port: int) -
             await wait_port(port)
         await asyncio.sleep(1.0)
         for rnd in range(args.rounds):
+            for name, (port, _) in gateways.items():
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                lat = await latency(url, CHAT, args.latency_requests, True)
+                rows.append({"mode": "json", "target": name, "conns": 1, "round": rnd, "latency": lat})
             for name, (port, proc) in gateways.items():
                 before = cpu_seconds(redis.pid)
                 row = measure(
@@ -473,6 +477,20 @@ def report_state(rows: list[dict]) -> None:
         f"| redis - memory (median of rounds) | | {1000 * _added(red, mem, 'cpu_ms_per_req'):+.1f} | "
         f"{_added(red, mem, 'p50_ms'):+.3f} | |"
     )
+    lat = {
+        t: [
+            r["latency"]
+            for r in sorted(rows, key=lambda r: r["round"])
+            if "latency" in r and r["target"] == t
+        ]
+        for t in ("limits-memory", "limits-redis")
+    }
+    if lat["limits-memory"] and lat["limits-redis"]:
+        print(
+            "\nOne connection, requests one after another: p50 memory "
+            f"{_med(lat['limits-memory'], 'p50_ms'):.3f} ms, Redis {_med(lat['limits-redis'], 'p50_ms'):.3f} ms, "
+            f"added {_added(lat['limits-redis'], lat['limits-memory'], 'p50_ms'):+.3f} ms (median of rounds)"
+        )
     warn_errors(mem + red)
 
 
