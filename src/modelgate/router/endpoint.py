@@ -158,6 +158,10 @@ class Endpoint:
         """No traffic for ``seconds`` (a 429's Retry-After); keeps the longer deadline."""
         self.cooled_until = max(self.cooled_until, self._clock() + seconds)
 
+    def cooling_left(self) -> float:
+        """Seconds the cooldown has left (0 or less: not cooling)."""
+        return self.cooled_until - self._clock()
+
     def set_active(self, verdict: str, *, readmit: bool = False) -> None:
         self.active = verdict
         if readmit:

@@ -9,15 +9,20 @@ if TYPE_CHECKING:
     from modelgate.state.store import LimitStore
 
 
+def redis_url(config: Config) -> str | None:
+    """The Redis/Valkey URL ``state`` names (``redis_url`` or the variable ``redis_url_env``)."""
+    state = config.state
+    return state.redis_url or (config.secret(state.redis_url_env) if state.redis_url_env else None)
+
+
 def build_store(config: Config) -> LimitStore:
     """The store the config names: Redis when ``state.redis_url`` (or ``redis_url_env``) is
     set, else this process's memory."""
-    state = config.state
-    url = state.redis_url or (config.secret(state.redis_url_env) if state.redis_url_env else None)
+    url = redis_url(config)
     if url:
         from modelgate.state.redis import RedisStore
 
-        return RedisStore(state, url)
+        return RedisStore(config.state, url)
     from modelgate.state.memory import MemoryStore
 
     return MemoryStore()

@@ -202,3 +202,23 @@ async def test_redis_stopped_mid_traffic(
         assert await chat(s, base, PACED) == 200  # counted in Redis again
         async with s.get(base + "/ready") as r:
             assert (await r.json())["state"]["state"] == "ok"
+
+
+async def test_an_upstreams_retry_after_is_shared(redis: RedisServer, upstream: FakeOpenAI) -> None:
+    """A 429 with Retry-After seen by one replica cools that endpoint on the others too."""
+    config = make_config(raw_config(upstream, redis.url))
+    async with running_gateway(config) as a, running_gateway(config) as b, aiohttp.ClientSession() as s:
+        upstream.plan[:] = [("status", 429, b'{"error": {"message": "slow down"}}', {"Retry-After": "30"})]
+        assert await chat(s, a, PACED) in (429, 503)
+        sent = len(upstream.requests)
+        deadline = time.monotonic() + 5
+        cooling = None
+        while time.monotonic() < deadline:
+            async with s.get(b + "/admin/endpoints", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                cooling = (await r.json())["models"][0]["endpoints"][0]["cooling_s"]
+            if cooling:
+                break
+            await asyncio.sleep(0.1)
+        assert cooling is not None and 25 < cooling <= 30
+        assert await chat(s, b, PACED) in (429, 503)
+        assert len(upstream.requests) == sent  # b never sent it to the cooling endpoint

@@ -156,3 +156,33 @@ async def test_usage_ledger_is_batched_and_read_back() -> None:
         }
     ]
     assert sa.local_usage() == {("team", "gpt"): [2, 11, 5, 1]}
+
+
+class Router:
+    def __init__(self) -> None:
+        self.cooling: dict[tuple[str, str], float] = {}
+
+    def cooldowns(self) -> dict[tuple[str, str], float]:
+        return dict(self.cooling)
+
+    def cool(self, model_id: str, url: str, seconds: float) -> bool:
+        self.cooling[(model_id, url)] = max(seconds, self.cooling.get((model_id, url), 0.0))
+        return model_id == "m"
+
+
+async def test_cooldowns_are_announced_once_and_applied_elsewhere() -> None:
+    from modelgate.state.cooldowns import SharedCooldowns
+
+    server = fakeredis.FakeServer()
+    here, there = Router(), Router()
+    a = SharedCooldowns(fakeredis.FakeAsyncRedis(server=server), here)
+    b = SharedCooldowns(fakeredis.FakeAsyncRedis(server=server), there)
+    here.cooling[("m", "http://u/v1")] = 30.0
+    await a.announce_new()
+    await a.announce_new()  # the same deadline: not announced again
+    assert a.announced == 1
+    await b.load()  # a replica that starts later reads the deadlines
+    assert 29 < there.cooling[("m", "http://u/v1")] <= 30
+    assert b.applied == 1
+    await b.announce_new()  # what it heard is not announced back
+    assert b.announced == 0
