@@ -127,12 +127,13 @@ class Router:
         ]
 
     def cooldowns(self) -> dict[tuple[str, str], float]:
-        """(model id, endpoint URL) -> seconds its cooldown has left, for those cooling
-        (shared with other replicas by ``state.cooldowns``)."""
+        """(model id, endpoint URL) -> seconds it takes no traffic for, for those cooling
+        (a 429's Retry-After, a quota refusal) or ejected (outlier detection): shared with
+        other replicas by ``state.cooldowns``, where they cool the same endpoint."""
         out: dict[tuple[str, str], float] = {}
         for model_id, pool in self._pools.items():
             for ep in pool.endpoints:
-                left = ep.cooling_left()
+                left = ep.out_for()
                 if left > 0:
                     out[(model_id, ep.url)] = left
         return out

@@ -1,7 +1,9 @@
 """Upstream cooldowns shared by replicas through Redis.
 
 An endpoint that one replica saw refuse (a 429's ``Retry-After``, a quota refusal:
-``router.outlier``) cools there; this service finds new or longer cooldowns every
+``router.outlier``) cools there, and one that failed too often is ejected there; an
+ejection elsewhere cools the endpoint here for as long (its own state, ejection count
+and probes unchanged); this service finds new or longer cooldowns every
 ``interval_s``, writes their absolute deadline (epoch seconds) into one hash and
 announces it on a channel; every replica applies what it hears, and what the hash
 holds when it starts, to its own endpoint of that model and URL.  Deadlines are
