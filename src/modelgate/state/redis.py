@@ -235,14 +235,14 @@ class _Hot:
 
 
 _Entry = tuple["_Hot", tuple[int, bytes], "asyncio.Future[Any] | None"]
-SETTLE_DELAY_S = 0.005  # settles wait this long for an admission to go out with
 
 
 class _Batches:
     """The request path's commands on one connection of their own, pipelined: what is
     queued while a batch is out goes out together with the next, in one write, and the
-    replies are read in order.  Admissions go out on the next turn of the event loop;
-    settles ride along with them, or go out after ``SETTLE_DELAY_S``.  A script the
+    replies are read in order.  A command goes out on the next turn of the event loop
+    (a settle before the client has its answer, so its next request, wherever it goes,
+    finds the key settled), or with the next batch while one is out.  A script the
     server has lost is sent again with its source.  A batch that fails fails each of its
     commands, is reported once (``on_error``), and the connection is made again."""
 
@@ -252,7 +252,6 @@ class _Batches:
         self._on_error = on_error
         self._queue: list[_Entry] = []
         self._wake = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._busy = False
@@ -263,10 +262,7 @@ class _Batches:
             self._worker = loop.create_task(self._work())
         future = loop.create_future() if want else None
         self._queue.append((script, tail, future))
-        if want:
-            self._wake.set()
-        elif self._timer is None:
-            self._timer = loop.call_later(SETTLE_DELAY_S, self._wake.set)
+        self._wake.set()
         return future
 
     @property
@@ -277,9 +273,6 @@ class _Batches:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             batch, self._queue = self._queue, []
             if batch:
                 self._busy = True

@@ -222,3 +222,49 @@ async def test_an_upstreams_retry_after_is_shared(redis: RedisServer, upstream: 
         assert cooling is not None and 25 < cooling <= 30
         assert await chat(s, b, PACED) in (429, 503)
         assert len(upstream.requests) == sent  # b never sent it to the cooling endpoint
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_quota_and_the_usage_ledger(redis: RedisServer, upstream: FakeOpenAI, shared: bool) -> None:
+    """A daily quota refuses with insufficient_quota (no Retry-After); usage per key name x
+    model in /admin/usage (shared by two gateways with Redis) and /metrics."""
+    raw = raw_config(upstream, redis.url)
+    if shared:
+        raw["state"]["usage_flush_s"] = 0.2  # each replica writes its usage this often
+    else:
+        del raw["state"]
+    raw["auth"]["api_keys"].append(
+        {"key": "mg_quota_0123456789abcdefghij", "name": "q", "quota": {"daily_tokens": 20}}
+    )
+    config = make_config(raw)
+    quota = {"Authorization": "Bearer mg_quota_0123456789abcdefghij"}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with running_gateway(config) as a, running_gateway(config) as b, aiohttp.ClientSession() as s:
+        body = {"model": "gpt-test", "messages": MSG, "max_tokens": 5}
+        for base in (a, b, a):  # 9 tokens each (7 + 2)
+            async with s.post(base + "/v1/chat/completions", json=body, headers=quota) as r:
+                assert r.status == 200
+        async with s.post(a + "/v1/chat/completions", json=body, headers=quota) as r:
+            refusal = await r.json()
+            assert r.status == 429 if shared else r.status == 200  # 27 of 20 used (memory: 18 in a)
+            if shared:
+                assert refusal["error"]["code"] == "insufficient_quota"
+                assert refusal["error"]["type"] == "insufficient_quota"
+                assert "Retry-After" not in r.headers
+        await asyncio.sleep(0.5)  # a's usage written
+        async with s.get(b + "/admin/usage?key=q", headers=admin) as r:
+            usage = await r.json()
+        if shared:
+            assert usage["totals"] == {
+                "requests": 3,
+                "prompt_tokens": 21,
+                "completion_tokens": 6,
+                "errors": 0,
+            }
+        else:  # b's own
+            assert usage["totals"] == {"requests": 1, "prompt_tokens": 7, "completion_tokens": 2, "errors": 0}
+        assert [row["model"] for row in usage["usage"]] == ["gpt-test"]
+        async with s.get(a + "/metrics", headers=admin) as r:
+            text = await r.text()
+        requests = 2 if shared else 3
+        assert f'modelgate_key_usage_total{{key="q",kind="requests",model="gpt-test"}} {requests}.0' in text
