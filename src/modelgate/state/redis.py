@@ -76,10 +76,34 @@ local function store_buckets(key, rpm, tpm, r, tk)
   if tpm > 0 then full = math.max(full, (tpm - tk) * 60 / tpm) end
   redis.call('PEXPIRE', key, math.ceil(full * 1000) + 1000)
 end
+
+-- a settle: leases ARGV[from..] end; the reservations become what was used (delta: used - reserved)
+local function settle(rpm, tpm, quota, delta, from)
+  if #ARGV >= from then redis.call('ZREM', KEYS[2], unpack(ARGV, from)) end
+  if delta == 0 then return end
+  if tpm > 0 then
+    local b = redis.call('HMGET', KEYS[1], 'r', 't', 's')
+    local stamp = tonumber(b[3]) or now
+    local r = refill(rpm, b[1], stamp)
+    local tk = math.min(tpm, refill(tpm, b[2], stamp) - delta)
+    store_buckets(KEYS[1], rpm, tpm, r, tk)
+  end
+  if quota then
+    local day = civil(now)
+    local month = string.sub(day, 1, 7)
+    local q = redis.call('HMGET', KEYS[3], 'd', 'dt', 'm', 'mt')
+    local dt = (q[1] == day) and tonumber(q[2]) or 0
+    local mt = (q[3] == month) and tonumber(q[4]) or 0
+    redis.call('HSET', KEYS[3], 'd', day, 'dt', math.max(0, dt + delta), 'm', month,
+               'mt', math.max(0, mt + delta))
+    redis.call('EXPIRE', KEYS[3], 3024000)
+  end
+end
 """
 
 # KEYS: bucket hash, lease zset, quota hash
-# ARGV: rpm, tpm, max_in_flight, lease seconds, daily, monthly (0: none), reserve, lease id
+# ARGV: rpm, tpm, max_in_flight, lease seconds, daily, monthly (0: none), reserve, lease id,
+#       then settles of the same key folded in: used - reserved (summed), leases to end...
 ADMIT = (
     "-- modelgate admit "
     + LAYOUT
@@ -89,6 +113,7 @@ ADMIT = (
 local rpm, tpm, mif = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserve = tonumber(ARGV[7])
 local daily, monthly = tonumber(ARGV[5]), tonumber(ARGV[6])
+settle(rpm, tpm, daily > 0 or monthly > 0, tonumber(ARGV[9]), 10)
 local b = redis.call('HMGET', KEYS[1], 'r', 't', 's')
 local stamp = tonumber(b[3]) or now
 local r = refill(rpm, b[1], stamp)
@@ -126,34 +151,14 @@ return {'ok', '0'}
 )
 
 # KEYS: bucket hash, lease zset, quota hash
-# ARGV: rpm, tpm, quota (1/0), used - reserved, lease id ('' none)
+# ARGV: rpm, tpm, quota (1/0), used - reserved (summed), leases to end...
 SETTLE = (
     "-- modelgate settle "
     + LAYOUT
     + "\n"
     + _CIVIL
     + """
-if ARGV[5] ~= '' then redis.call('ZREM', KEYS[2], ARGV[5]) end
-local delta = tonumber(ARGV[4])
-if delta == 0 then return 1 end
-local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tpm > 0 then
-  local b = redis.call('HMGET', KEYS[1], 'r', 't', 's')
-  local stamp = tonumber(b[3]) or now
-  local r = refill(rpm, b[1], stamp)
-  local tk = math.min(tpm, refill(tpm, b[2], stamp) - delta)
-  store_buckets(KEYS[1], rpm, tpm, r, tk)
-end
-if ARGV[3] == '1' then
-  local day = civil(now)
-  local month = string.sub(day, 1, 7)
-  local q = redis.call('HMGET', KEYS[3], 'd', 'dt', 'm', 'mt')
-  local dt = (q[1] == day) and tonumber(q[2]) or 0
-  local mt = (q[3] == month) and tonumber(q[4]) or 0
-  redis.call('HSET', KEYS[3], 'd', day, 'dt', math.max(0, dt + delta), 'm', month,
-             'mt', math.max(0, mt + delta))
-  redis.call('EXPIRE', KEYS[3], 3024000)
-end
+settle(tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4]), 5)
 return 1
 """
 )
@@ -235,6 +240,7 @@ class _Hot:
 
 
 _Entry = tuple["_Hot", tuple[int, bytes], "asyncio.Future[Any] | None"]
+_Packs = tuple[tuple[int, bytes], tuple[int, bytes], str]  # a policy's admit and settle heads, lease set
 
 
 class _Batches:
@@ -246,24 +252,53 @@ class _Batches:
     server has lost is sent again with its source.  A batch that fails fails each of its
     commands, is reported once (``on_error``), and the connection is made again."""
 
-    def __init__(self, redis: Redis, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self, redis: Redis, on_error: Callable[[BaseException], None], admit: _Hot, settle: _Hot
+    ) -> None:
+        self._admit = admit
+        self._settle = settle
         self._pool = redis.connection_pool
         self._conn = self._pool.make_connection()
         self._on_error = on_error
-        self._queue: list[_Entry] = []
+        self._queue: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._busy = False
 
-    def send(self, script: _Hot, tail: tuple[int, bytes], want: bool) -> asyncio.Future[Any] | None:
+    def admit(self, packs: _Packs, reserve: int, lease: str) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if self._worker is None:
             self._worker = loop.create_task(self._work())
-        future = loop.create_future() if want else None
-        self._queue.append((script, tail, future))
+        future = loop.create_future()
+        self._queue.append((packs, reserve, lease, future))
         self._wake.set()
         return future
+
+    def settle(self, packs: _Packs, delta: int, lease: str) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        self._queue.append((packs, delta, lease, None))
+        self._wake.set()
+
+    def _commands(self, queue: list[tuple[Any, ...]]) -> list[_Entry]:
+        """A key's settles folded into its first admission of the batch (or one settle)."""
+        settles: dict[int, tuple[_Packs, list[Any]]] = {}
+        for packs, amount, lease, future in queue:
+            if future is None:
+                acc = settles.setdefault(id(packs), (packs, [0]))[1]
+                acc[0] += amount
+                if lease and len(acc) < 1000:
+                    acc.append(lease)
+        out: list[_Entry] = []
+        for packs, reserve, lease, future in queue:
+            if future is not None:
+                folded = settles.pop(id(packs), None)
+                extra = folded[1] if folded is not None else (0,)
+                out.append((self._admit, _Hot.tail(packs[0], reserve, lease, *extra), future))
+        for packs, acc in settles.values():
+            out.append((self._settle, _Hot.tail(packs[1], *acc), None))
+        return out
 
     @property
     def idle(self) -> bool:
@@ -273,11 +308,11 @@ class _Batches:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._queue = self._queue, []
-            if batch:
+            queue, self._queue = self._queue, []
+            if queue:
                 self._busy = True
                 try:
-                    await self._run(batch)
+                    await self._run(self._commands(queue))
                 finally:
                     self._busy = False
 
@@ -376,12 +411,12 @@ class RedisStore:
         self._admit = _Hot(ADMIT)
         self._settle = _Hot(SETTLE)
         self._renew = _Script(self._redis, RENEW)
-        self._batches = _Batches(self._redis, self._failed)
+        self._batches = _Batches(self._redis, self._failed, self._admit, self._settle)
         self._clock = clock
         self._local = MemoryStore()  # on_error: local
         self._replica = os.urandom(6).hex()
         self._seq = itertools.count()
-        self._fixed: dict[KeyPolicy, tuple[tuple[int, bytes], tuple[int, bytes], str]] = {}
+        self._fixed: dict[KeyPolicy, _Packs] = {}
         self._leases: dict[str, set[str]] = {}  # lease set -> the leases this replica holds there
         self._pending: dict[
             tuple[str, str, str], list[int]
@@ -431,11 +466,10 @@ class RedisStore:
     async def admit(self, policy: KeyPolicy, reserve: int) -> Ticket:
         if not self._usable():
             return self._degraded(policy, reserve)
-        admit, _, leases = self._packed(policy)
+        packs = self._packed(policy)
         lease = f"{self._replica}:{next(self._seq)}" if policy.max_in_flight else ""
-        future = self._batches.send(self._admit, _Hot.tail(admit, reserve, lease), True)
         try:
-            kind, value = await future  # type: ignore[misc]
+            kind, value = await self._batches.admit(packs, reserve, lease)
         except (RedisError, OSError, TimeoutError):
             return self._degraded(policy, reserve)  # the batch's failure is counted once
         if self._failures:
@@ -447,10 +481,10 @@ class RedisStore:
             bound = {"rpm": policy.rpm, "tpm": policy.tpm, "daily_tokens": policy.daily_tokens}
             raise Refused(limit, bound.get(limit, policy.monthly_tokens) or 0, float(value))
         if lease:
-            self._leases.setdefault(leases, set()).add(lease)
+            self._leases.setdefault(packs[2], set()).add(lease)
         return Ticket(policy, reserve, self, lease or None)
 
-    def _packed(self, policy: KeyPolicy) -> tuple[tuple[int, bytes], tuple[int, bytes], str]:
+    def _packed(self, policy: KeyPolicy) -> _Packs:
         """A policy's admit and settle commands as far as it fixes them, and its lease set."""
         found = self._fixed.get(policy)
         if found is None:
@@ -478,7 +512,8 @@ class RedisStore:
             return
         ticket.settled = True
         policy = ticket.policy
-        _, settle, leases = self._packed(policy)
+        packs = self._packed(policy)
+        leases = packs[2]
         lease = ticket.lease or ""
         if lease:
             held = self._leases.get(leases)
@@ -490,7 +525,7 @@ class RedisStore:
         if not lease and not delta:
             return
         # off the request's path; if it fails, the lease lapses and the reservation stays charged
-        self._batches.send(self._settle, _Hot.tail(settle, delta, lease), False)
+        self._batches.settle(packs, delta, lease)
 
     # -- the usage ledger -------------------------------------------------------------------
     def record(self, key: str, model: str, prompt: int, completion: int, error: bool) -> None:

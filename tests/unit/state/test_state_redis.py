@@ -186,3 +186,17 @@ async def test_cooldowns_are_announced_once_and_applied_elsewhere() -> None:
     assert b.applied == 1
     await b.announce_new()  # what it heard is not announced back
     assert b.announced == 0
+
+
+async def test_a_settle_rides_with_the_next_admission_of_its_key() -> None:
+    server = fakeredis.FakeServer()
+    s = store(server)
+    limits = KeyLimits(KeyPolicy("f", max_in_flight=1, tpm=100), s)
+    held = await limits.acquire(90)
+    limits.release(held, 10)  # queued: lease ended, 80 given back
+    again = await limits.acquire(50)  # the same batch: one command settles, then admits
+    assert again.lease is not None
+    await settled(s)
+    level = float(await s._redis.hget(key_names("f")[0], "t"))
+    assert 39 <= level <= 41  # 100 - 10 used - 50 reserved
+    assert await s._redis.zcard(key_names("f")[1]) == 1
