@@ -26,3 +26,36 @@ def build_store(config: Config) -> LimitStore:
     from modelgate.state.memory import MemoryStore
 
     return MemoryStore()
+
+
+def redacted(url: str) -> str:
+    """A Redis URL without its user and password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+async def probe(config: Config) -> dict[str, object] | None:
+    """``modelgate check``: whether the configured Redis answers a PING within the state's
+    timeout (None: counts live in each process)."""
+    url = redis_url(config)
+    if not url:
+        return None
+    from modelgate.state.redis import connect
+
+    client = connect(config.state, url)
+    out: dict[str, object] = {"backend": "redis", "url": redacted(url), "on_error": config.state.on_error}
+    try:
+        await client.ping()  # type: ignore[misc]
+        out["state"] = "ok"
+    except Exception as exc:
+        out["state"] = "unreachable"
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    return out

@@ -271,3 +271,38 @@ async def test_quota_and_the_usage_ledger(redis: RedisServer, upstream: FakeOpen
             text = await r.text()
         requests = 2 if shared else 3
         assert f'modelgate_key_usage_total{{key="q",kind="requests",model="gpt-test"}} {requests}.0' in text
+
+
+def test_check_says_whether_redis_answers(redis: RedisServer) -> None:
+    import io
+
+    from modelgate.check import run_check
+
+    assert redis.command("CONFIG", "SET", "requirepass", "s3cret").startswith(b"+OK")
+    for url, expected in (
+        (
+            f"redis://:s3cret@127.0.0.1:{redis.port}/0",
+            f"state: Redis at redis://127.0.0.1:{redis.port}/0 ok",
+        ),
+        (f"redis://127.0.0.1:{free_port()}/0", "unreachable (ConnectionError"),
+    ):
+        out = io.StringIO()
+        config = make_config({"state": {"redis_url": url, "on_error": "closed"}})
+        run_check(config, out=out)
+        assert expected in out.getvalue() and "on_error=closed" in out.getvalue()
+        assert "s3cret" not in out.getvalue()
+
+
+def test_state_config_from_the_environment() -> None:
+    from modelgate.errors import ConfigError
+
+    config = make_config({"state": {"redis_url_env": "MG_REDIS"}}, {"MG_REDIS": "redis://10.0.0.5:6379/2"})
+    from modelgate.state import redis_url
+
+    assert redis_url(config) == "redis://10.0.0.5:6379/2"
+    config = make_config({}, {"MODELGATE_STATE__ON_ERROR": "open", "MODELGATE_STATE__REPLICAS": "3"})
+    assert (config.state.on_error, config.state.replicas, config.state.redis_url) == ("open", 3, None)
+    with pytest.raises(ConfigError, match="redis_url"):
+        make_config({"state": {"redis_url": "redis://x", "redis_url_env": "Y"}})
+    with pytest.raises(ConfigError, match="on_error"):
+        make_config({"state": {"on_error": "maybe"}})
