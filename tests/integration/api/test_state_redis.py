@@ -306,3 +306,24 @@ def test_state_config_from_the_environment() -> None:
         make_config({"state": {"redis_url": "redis://x", "redis_url_env": "Y"}})
     with pytest.raises(ConfigError, match="on_error"):
         make_config({"state": {"on_error": "maybe"}})
+
+
+async def test_a_request_that_fails_over_is_charged_once(redis: RedisServer, upstream: FakeOpenAI) -> None:
+    """tpm 400: one endpoint answers 503, the other serves; requests that failed over are
+    charged their answer's 9 tokens once, not a reservation per attempt."""
+    second = await FakeOpenAI().start()
+    try:
+        raw = raw_config(upstream, redis.url)
+        raw["models"][0]["endpoints"].append({"url": second.url, "upstream_model": second.model})
+        upstream.plan[:] = [("status", 503, b'{"error": {"message": "busy"}}', {})] * 20
+        async with running_gateway(make_config(raw)) as base, aiohttp.ClientSession() as s:
+            served = 0
+            while not upstream.requests and served < 10:  # until one went to the failing endpoint first
+                assert await chat(s, base, TOKENS, max_tokens=100) == 200
+                served += 1
+            assert upstream.requests  # a failover happened
+            await asyncio.sleep(0.2)  # settled
+            level = float(redis.command("HGET", "{mg:tokens}:l1:b", "t").split(b"\r\n")[1])
+            assert 400 - 9 * served <= level <= 400 - 9 * served + 2  # and a moment's refill
+    finally:
+        await second.stop()
