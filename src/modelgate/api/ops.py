@@ -94,8 +94,8 @@ async def admin_usage(request: Request) -> Response:
     at most 62) -> rows per day x key name x model, and their totals."""
     from urllib.parse import parse_qs
 
-    from modelgate.errors import InvalidRequest
-    from modelgate.state.store import USAGE_KINDS, utc_day
+    from modelgate.errors import InvalidRequest, StateUnavailable
+    from modelgate.state.store import USAGE_KINDS, Unavailable, utc_day
 
     query = {k: v[-1] for k, v in parse_qs(request.query_string).items()}
     try:
@@ -107,7 +107,10 @@ async def admin_usage(request: Request) -> Response:
     now = time.time()
     wanted = [utc_day(now - 86400 * i) for i in range(days)]
     state = state_of(request)
-    rows = await state.keys.store.usage(state.keys.names(), wanted, query.get("key"), query.get("model"))
+    try:
+        rows = await state.keys.store.usage(state.keys.names(), wanted, query.get("key"), query.get("model"))
+    except Unavailable:
+        raise StateUnavailable("The usage ledger's store is unavailable; please retry shortly.") from None
     totals = dict.fromkeys(USAGE_KINDS, 0)
     for row in rows:
         for kind in USAGE_KINDS:

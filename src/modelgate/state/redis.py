@@ -566,10 +566,14 @@ class RedisStore:
         await self.flush_usage()
         names = [k for k in keys if key is None or k == key]
         wanted = [(day, name) for day in days for name in names]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for day, name in wanted:
-                pipe.hgetall(usage_key(name, day))
-            tables = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for day, name in wanted:
+                    pipe.hgetall(usage_key(name, day))
+                tables = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            raise Unavailable(self.last_error or "redis unavailable") from None
         out: list[dict[str, Any]] = []
         for (day, name), table in zip(wanted, tables, strict=True):
             by_model: dict[str, dict[str, int]] = {}

@@ -197,6 +197,9 @@ async def test_redis_stopped_mid_traffic(
             text = await r.text()
         assert 'modelgate_state_up{backend="redis"} 0.0' in text
         assert f'modelgate_state_degraded_answers_total{{backend="redis",on_error="{mode}"}} 4.0' in text
+        async with s.get(base + "/admin/usage", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "state_unavailable"
         redis.start()  # back on the same port, empty
         await asyncio.sleep(1.1)  # the breaker's time
         assert await chat(s, base, PACED) == 200  # counted in Redis again
