@@ -6,8 +6,8 @@ leases and its token quotas with the clock of the Redis server, and takes them a
 none.  A second, off the request's path, settles the reservation and ends the lease
 when the request is over (folded into the key's next admission when one goes out in
 the same batch).  These go out pipelined on one connection of their own (``_Batches``):
-redis-py's command API cost about 130 µs of CPU a call here, this 15 to 30.  Leases carry an expiry that this replica renews every
-``lease_s / 3``; a replica that dies stops renewing and its leases lapse within
+redis-py's command API cost about 130 µs of CPU a call here, this 15 to 30.
+Leases carry an expiry that this replica renews every ``lease_s / 3``; a replica that dies stops renewing and its leases lapse within
 ``lease_s``.  The usage ledger is batched per replica and written every
 ``usage_flush_s``.
 
