@@ -13,6 +13,9 @@ core 1, wrk and nginx to core 0.  modelgate runs as users run it: auth on, metri
 JSON access log on (to a file).  Reports requests/s, CPU per request of the proxy process
 (from /proc), added p50/p99 latency and time to first byte at 1 connection.
 
+And per-key limits counted in memory vs in Redis (``state.redis_url``): CPU per request
+and p50 at 16 connections (``--only-state`` runs just those rows).
+
     .venv/bin/python bench/bench_gateway.py [--seconds 3] [--rounds 3] [--out bench/results/gateway.json]
 """
 
@@ -148,6 +151,7 @@ def wrk(url: str, conns: int, seconds: int, body: dict, auth: bool, work: Path) 
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -156,6 +160,7 @@ def wrk(url: str, conns: int, seconds: int, body: dict, auth: bool, work: Path) 
         "requests": total,
         "non2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": errors.group(1) if errors else "",
+        "p50_ms": float(p50.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)] if p50 else None,
     }
 
 
@@ -246,6 +251,9 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway.json"))
+    ap.add_argument(
+        "--only-state", action="store_true", help="only the per-key limits rows: memory vs Redis (state.md)"
+    )
     args = ap.parse_args()
     # this process measures latency with its own client: on core 0 with wrk and nginx,
     # never competing with the proxy under test on core 1
@@ -260,6 +268,13 @@ async def main() -> None:
     )
     more = tuple(free_port() for _ in range(7))  # 8 replicas of the same answer, for the balancing cost
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(work, pj, ps, more))], stderr=subprocess.DEVNULL)
+    if args.only_state:
+        try:
+            await wait_port(pj)
+            report_state(await state_rows(args, work, pj))
+        finally:
+            stop([nginx])
+        return
     cfg = gateway_config(
         work,
         p_mg,
@@ -377,9 +392,106 @@ async def main() -> None:
                     row.update(mode="json", target=name, conns=conns, round=rnd)
                     results.append(row)
                     print(json.dumps(row), flush=True)
+        if shutil.which("redis-server"):
+            results += await state_rows(args, work, pj)
     finally:
         stop(procs)
     report(results, Path(args.out))
+    report_state(results)
+
+
+async def state_rows(args: argparse.Namespace, work: Path, upstream_port: int) -> list[dict]:
+    """Per-key limits (rpm, tpm, max_in_flight, never reached) counted in memory vs in Redis:
+    two gateways, same config but ``state.redis_url``; JSON at 16 connections, turn by turn.
+    Redis runs on core 0 with wrk and nginx; its CPU per request is reported apart."""
+    if not shutil.which("redis-server"):
+        sys.exit("the state rows need redis-server (apt-get install -y redis-server)")
+    p_redis, p_mem, p_red = free_port(), free_port(), free_port()
+    argv = ["taskset", "-c", "0", "redis-server", "--port", str(p_redis), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(work)]
+    redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    key = {"key": KEY, "name": "bench", "rpm": 10**9, "tpm": 10**12, "max_in_flight": 10**6}
+    model = {
+        "id": "fast",
+        "backend": "openai",
+        "endpoints": [{"url": f"http://127.0.0.1:{upstream_port}/v1", "max_in_flight": 4096}],
+    }
+    gateways = {}
+    for name, port, state in (
+        ("limits-memory", p_mem, {}),
+        ("limits-redis", p_red, {"redis_url": f"redis://127.0.0.1:{p_redis}/0"}),
+    ):
+        cfg = work / f"{name}.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "server": {"port": port, "access_log": True},
+                    "auth": {"api_keys": [key]},
+                    "state": state,
+                    "models": [model],
+                }
+            )
+        )
+        gateways[name] = (
+            port,
+            start([str(ROOT / ".venv/bin/modelgate"), "serve", "--config", str(cfg)], work / f"{name}.log"),
+        )
+    rows: list[dict] = []
+    try:
+        for port in (p_redis, p_mem, p_red):
+            await wait_port(port)
+        await asyncio.sleep(1.0)
+        for rnd in range(args.rounds):
+            for name, (port, _) in gateways.items():
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                lat = await latency(url, CHAT, args.latency_requests, True)
+                rows.append({"mode": "json", "target": name, "conns": 1, "round": rnd, "latency": lat})
+            for name, (port, proc) in gateways.items():
+                before = cpu_seconds(redis.pid)
+                row = measure(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", proc, 16, args.seconds, CHAT, True, work
+                )
+                row["redis_cpu_us_per_req"] = (
+                    1e6 * (cpu_seconds(redis.pid) - before) / max(1, row["requests"])
+                )
+                row.update(mode="json", target=name, conns=16, round=rnd)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        stop([proc for _, proc in gateways.values()] + [redis])
+    return rows
+
+
+def report_state(rows: list[dict]) -> None:
+    mem, red = _rounds(rows, "json", "limits-memory", 16), _rounds(rows, "json", "limits-redis", 16)
+    if not (mem and red):
+        return
+    print("\n| per-key limits (json, 16 conns) | rps | CPU µs/req (gateway) | p50 ms | Redis CPU µs/req |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in (("memory", mem), ("redis", red)):
+        print(
+            f"| {name} | {_med(r, 'rps'):.0f} | {1000 * _med(r, 'cpu_ms_per_req'):.1f} | "
+            f"{_med(r, 'p50_ms'):.3f} | {_med(r, 'redis_cpu_us_per_req') if name == 'redis' else 0:.1f} |"
+        )
+    print(
+        f"| redis - memory (median of rounds) | | {1000 * _added(red, mem, 'cpu_ms_per_req'):+.1f} | "
+        f"{_added(red, mem, 'p50_ms'):+.3f} | |"
+    )
+    lat = {
+        t: [
+            r["latency"]
+            for r in sorted(rows, key=lambda r: r["round"])
+            if "latency" in r and r["target"] == t
+        ]
+        for t in ("limits-memory", "limits-redis")
+    }
+    if lat["limits-memory"] and lat["limits-redis"]:
+        print(
+            "\nOne connection, requests one after another: p50 memory "
+            f"{_med(lat['limits-memory'], 'p50_ms'):.3f} ms, Redis {_med(lat['limits-redis'], 'p50_ms'):.3f} ms, "
+            f"added {_added(lat['limits-redis'], lat['limits-memory'], 'p50_ms'):+.3f} ms (median of rounds)"
+        )
+    warn_errors(mem + red)
 
 
 def _rounds(rows: list[dict], mode: str, target: str, conns: int) -> list[dict]:

@@ -7,7 +7,8 @@ with http/ (HTTP/1.1 server and client) under api, backends and supervisor.
 - wire/ imports neither torch/transformers nor aiohttp (schemas stay pure);
 - router/ never imports api/; backends/ never import api/ or router/;
 - only engine/ (and the local backend / worker) import torch or transformers;
-- storage/ and supervisor/ never import api/ or router/.
+- storage/ and supervisor/ never import api/ or router/;
+- state/ (per-key counts, memory or Redis) never imports api/, router/ or backends/.
 Exits 1 listing every violation.
 """
 
@@ -55,6 +56,8 @@ RULES: dict[str, tuple[str, ...]] = {
     # api/ is the OpenAI API: the wiring lives in gateway.py, the engine below the backends
     "api": ("modelgate.engine", "modelgate.gateway", "modelgate.serve", *HEAVY),
     "engine": ("modelgate.api", "modelgate.router", "aiohttp"),
+    # state/ counts per-key limits; the api's handles use it, never the reverse
+    "state": ("modelgate.api", "modelgate.router", "modelgate.backends", "aiohttp", *HEAVY),
 }
 # top-level modules held to the same kind of rule
 MODULE_RULES: dict[str, tuple[str, ...]] = {

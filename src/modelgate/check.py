@@ -251,8 +251,19 @@ def docker_line(config: Config) -> str | None:
     return f"containers: Docker API at {sc.docker_url} (from {sc.docker_host_from})"
 
 
+def state_line(state: dict[str, Any] | None) -> str | None:
+    """Where per-key limits are counted, and whether that store answers."""
+    if state is None:
+        return None
+    why = f" ({state['error']})" if "error" in state else ""
+    return f"state: Redis at {state['url']} {state['state']}{why}; on_error={state['on_error']}"
+
+
 def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout) -> int:
+    from modelgate.state import probe
+
     rows = asyncio.run(_probe_all(config))
+    state = asyncio.run(probe(config))
     unhealthy = [m.id for m in config.models if not any(r.healthy for r in rows if r.model == m.id)]
     docker = docker_line(config)
     if as_json:
@@ -262,11 +273,15 @@ def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout
                 "url": config.supervisor.docker_url,
                 "from": config.supervisor.docker_host_from,
             }
+        if state is not None:
+            doc["state"] = state
         out.write(orjson.dumps(doc).decode() + "\n")
     else:
         print_table(rows, out)
         if docker:
             out.write(f"\n{docker}\n")
+        if state is not None:
+            out.write(f"\n{state_line(state)}\n")
         if unhealthy:
             out.write(f"\nno healthy endpoint: {', '.join(unhealthy)}\n")
             for r in rows:  # why, one line each (the detail column may be cut by a terminal)

@@ -79,6 +79,13 @@ class LimitsConfig(_Frozen):
     max_embedding_inputs: int = Field(2048, ge=1)
 
 
+class QuotaConfig(_Frozen):
+    """Tokens (prompt and completion) a key may use per UTC day and per calendar month."""
+
+    daily_tokens: int | None = Field(None, ge=1)
+    monthly_tokens: int | None = Field(None, ge=1)
+
+
 class ApiKey(_Frozen):
     key: str | None = None
     key_env: str | None = None
@@ -88,6 +95,7 @@ class ApiKey(_Frozen):
     rpm: int | None = Field(None, ge=1)  # requests per minute (a token bucket)
     tpm: int | None = Field(None, ge=1)  # tokens per minute, prompt and completion
     max_in_flight: int | None = Field(None, ge=1)  # requests at once
+    quota: QuotaConfig | None = None  # 429 insufficient_quota once used up
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -460,6 +468,28 @@ class TelemetryConfig(_Frozen):
     sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces the client did not already decide
 
 
+class StateConfig(_Frozen):
+    """Where per-key limits, quotas and usage live: this process (no ``redis_url``), or
+    Redis/Valkey shared by every replica (``state.md``)."""
+
+    redis_url: str | None = None  # redis://[user:password@]host:port/db, rediss://, unix://
+    redis_url_env: str | None = None  # or the name of a variable holding it
+    # when Redis cannot answer: admit (open), refuse with 503 (closed), or count in this
+    # process at each limit / replicas (local)
+    on_error: Literal["open", "closed", "local"] = "local"
+    replicas: int = Field(1, ge=1)  # gateways sharing the store (for on_error: local)
+    timeout_ms: float = Field(50.0, gt=0)  # per Redis call; past it the call has failed
+    breaker_s: float = Field(5.0, gt=0)  # after 3 failures in a row, Redis is skipped this long
+    lease_s: float = Field(10.0, ge=1)  # an in-flight lease lapses this long after its last renewal
+    usage_flush_s: float = Field(1.0, gt=0)  # usage ledger batched this long per replica
+
+    @model_validator(mode="after")
+    def _one_url(self) -> StateConfig:
+        if self.redis_url is not None and self.redis_url_env is not None:
+            raise ValueError("give at most one of 'redis_url' or 'redis_url_env'")
+        return self
+
+
 class Config(_Frozen):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -468,6 +498,7 @@ class Config(_Frozen):
     supervisor: SupervisorConfig = SupervisorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     models: tuple[ModelConfig, ...] = ()
+    state: StateConfig = StateConfig()
     source: str = "<embedded default>"
     # Secrets resolved at load (env vars named by *_env fields), so nothing later
     # reads os.environ.  Excluded from repr and dumps.

@@ -145,6 +145,15 @@ class RateLimited(ModelGateError):
     default_code = "rate_limit_exceeded"
 
 
+class QuotaExceeded(ModelGateError):
+    """A key's daily or monthly token quota is used up: 429 without Retry-After, as OpenAI
+    answers ``insufficient_quota``."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 # --- server side -------------------------------------------------------------------
 
 
@@ -158,6 +167,12 @@ class ServiceUnavailable(ModelGateError):
     status = 503
     type = "server_error"
     default_code = "service_unavailable"
+
+
+class StateUnavailable(ServiceUnavailable):
+    """The shared limits store cannot answer and ``state.on_error`` is ``closed``."""
+
+    default_code = "state_unavailable"
 
 
 class NoHealthyEndpoint(ServiceUnavailable):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from modelgate.api.app import App, build_app
 from modelgate.api.middleware import Routes
@@ -18,6 +19,9 @@ from modelgate.config import Config
 from modelgate.http.client import UpstreamClient
 from modelgate.router.router import Router
 from modelgate.services import Services
+
+if TYPE_CHECKING:
+    from modelgate.state.cooldowns import SharedCooldowns
 
 
 def needs_supervisor(config: Config) -> bool:
@@ -49,7 +53,14 @@ async def running(config: Config, services: Services) -> AsyncIterator[Router]:
             config, BackendContext(config=config, http=http, services=services), lifecycle=lifecycle
         )
         await router.start()
-        yield router
+        shared = _shared_cooldowns(config, router)
+        if shared is not None:
+            await shared.start()
+        try:
+            yield router
+        finally:
+            if shared is not None:
+                await shared.close()
     finally:
         if router is not None:
             await router.close()
@@ -60,6 +71,23 @@ async def running(config: Config, services: Services) -> AsyncIterator[Router]:
         await http.close()
         if services.tracing is not None:
             services.tracing.close()  # flushes what is batched
+
+
+def _shared_cooldowns(config: Config, router: Router) -> SharedCooldowns | None:
+    """Upstream cooldowns shared through Redis when ``state`` names one."""
+    from modelgate.state import redis_url
+
+    url = redis_url(config)
+    if not url:
+        return None
+    from redis.asyncio import Redis
+
+    from modelgate.state.cooldowns import SharedCooldowns
+
+    timeout = max(1.0, config.state.timeout_ms / 1000)
+    return SharedCooldowns(
+        Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), router
+    )
 
 
 def build_gateway(

@@ -131,6 +131,24 @@ class Metrics:
             ["key", "limit"],
             "counter",
         )
+        self.key_usage = HotMetric(
+            "modelgate_key_usage",
+            "Usage per key name and model seen by this process (requests, prompt_tokens, completion_tokens, errors)",
+            ["key", "model", "kind"],
+            "counter",
+        )
+        self.state_up = HotMetric(
+            "modelgate_state_up", "1 when the per-key limits store answers", ["backend"], "gauge"
+        )
+        self.state_errors = HotMetric(
+            "modelgate_state_errors", "Calls to the limits store that failed", ["backend"], "counter"
+        )
+        self.state_degraded = HotMetric(
+            "modelgate_state_degraded_answers",
+            "Admissions decided by state.on_error while the store could not answer",
+            ["backend", "on_error"],
+            "counter",
+        )
         r.register(
             _HotCollector(
                 [
@@ -141,6 +159,10 @@ class Metrics:
                     self.tokens,
                     self.attempts,
                     self.key_refusals,
+                    self.key_usage,
+                    self.state_up,
+                    self.state_errors,
+                    self.state_degraded,
                 ]
             )
         )
@@ -233,6 +255,23 @@ class Metrics:
         for key, counts in refused.items():
             for limit, count in counts.items():
                 self.child(self.key_refusals, key, limit).value = count
+
+    def key_usage_totals(self, totals: dict[tuple[str, str], list[int]]) -> None:
+        """Mirror the usage ledger's totals of this process (read at scrape time)."""
+        for (key, model), counts in totals.items():
+            for kind, count in zip(
+                ("requests", "prompt_tokens", "completion_tokens", "errors"), counts, strict=True
+            ):
+                self.child(self.key_usage, key, model, kind).value = count
+
+    def state_store(self, status: dict[str, Any]) -> None:
+        """Mirror the limits store's state (read at scrape time)."""
+        backend = str(status.get("backend"))
+        self.child(self.state_up, backend).value = 1 if status.get("state") == "ok" else 0
+        self.child(self.state_errors, backend).value = status.get("errors", 0)
+        if "on_error" in status:
+            mode = str(status["on_error"])
+            self.child(self.state_degraded, backend, mode).value = status.get("degraded_answers", 0)
 
     def gauge(self, model: str, name: str, value: float) -> None:
         self.engine.labels(model, name).set(value)

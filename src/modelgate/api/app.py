@@ -18,6 +18,7 @@ from modelgate.http.server import HTTPServer
 from modelgate.metrics import Metrics
 from modelgate.router.router import Router
 from modelgate.services import Services
+from modelgate.state import build_store
 
 log = logging.getLogger("modelgate.app")
 
@@ -43,6 +44,8 @@ class App:
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         state = self.state
+        store = state.keys.store  # per-key counts (memory, or Redis shared by replicas)
+        await store.start()
         try:
             async with self._start(state.config, self.services) as router:
                 state.router = router
@@ -54,6 +57,7 @@ class App:
             state.draining = True
             state.keepalive.close()
             state.access.flush()
+            await store.close()
 
     @asynccontextmanager
     async def serving(
@@ -89,7 +93,7 @@ def build_app(
     metrics = Metrics()
     state = State(
         config=config,
-        keys=KeyStore(config),
+        keys=KeyStore(config, store=build_store(config)),
         metrics=metrics,
         keepalive=KeepAliveClock(config.server.sse_keepalive_s),
     )

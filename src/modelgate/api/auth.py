@@ -28,6 +28,8 @@ from modelgate.api.limits import KeyLimits
 from modelgate.api.throttle import FailureThrottle, client_address, parse_networks
 from modelgate.config import ApiKey, AuthConfig, Config, KeyEntry
 from modelgate.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from modelgate.state.memory import MemoryStore
+from modelgate.state.store import KeyPolicy, LimitStore
 from modelgate.storage.errors import KeyUnavailable
 from modelgate.storage.keys import check_key_file
 
@@ -66,11 +68,17 @@ def _read_key_file(path: str, source: str) -> list[str]:
 class KeyStore:
     """Digests of the configured keys and what each may do."""
 
-    def __init__(self, config: Config, previous: KeyStore | None = None) -> None:
+    def __init__(
+        self, config: Config, previous: KeyStore | None = None, store: LimitStore | None = None
+    ) -> None:
         # a reloaded store keeps the limits (and what was used of them) of every key
         # whose name and limits did not change
         self._kept = previous._limits if previous is not None else {}
-        self._limits: dict[tuple[str, int | None, int | None, int | None], KeyLimits] = {}
+        self._limits: dict[KeyPolicy, KeyLimits] = {}
+        # where the keys' counts live (``modelgate.state``); a reload keeps it
+        self.store: LimitStore = (
+            store if store is not None else previous.store if previous is not None else MemoryStore()
+        )
         self._failures: FailureThrottle = (
             previous._failures if previous is not None else FailureThrottle(FAILURES_PER_MINUTE)
         )
@@ -122,9 +130,17 @@ class KeyStore:
                 scope = frozenset(entry.models) if entry.models is not None else None
                 name = entry.name or f"{kind}-{i}"
                 limits = None
-                if entry.rpm or entry.tpm or entry.max_in_flight:
-                    ident = (name, entry.rpm, entry.tpm, entry.max_in_flight)
-                    limits = self._kept.get(ident) or KeyLimits(entry.rpm, entry.max_in_flight, entry.tpm)
+                quota = entry.quota
+                if entry.rpm or entry.tpm or entry.max_in_flight or quota is not None:
+                    ident = KeyPolicy(
+                        name,
+                        entry.rpm,
+                        entry.tpm,
+                        entry.max_in_flight,
+                        quota.daily_tokens if quota is not None else None,
+                        quota.monthly_tokens if quota is not None else None,
+                    )
+                    limits = self._kept.get(ident) or KeyLimits(ident, self.store)
                     self._limits[ident] = limits
                 expires = entry.expires
                 if expires is not None and expires.tzinfo is None:
@@ -163,6 +179,10 @@ class KeyStore:
         if scope == "inference" and principal.admin:
             raise PermissionDenied("Admin keys may not be used for inference; use an API key.")
         return principal
+
+    def names(self) -> list[str]:
+        """Every key's name (the usage ledger's rows)."""
+        return sorted({p.name for entries in self._keys.values() for _, p in entries} or {ANONYMOUS.name})
 
     @property
     def count(self) -> int:

@@ -1,110 +1,122 @@
-"""Per-key request limits: requests per minute, tokens per minute, requests in flight.
+"""Per-key request limits: requests per minute, tokens per minute, requests in flight,
+and token quotas per day and month.
 
 Each per-minute limit is a bucket that holds one minute's allowance and refills
 continuously, so a key may burst up to its limit and then goes at the limit's pace.
-Tokens are known only once an answer is done: they are taken from the bucket then
-(prompt and completion, as the upstream counted them; for a stream cut short, what
-``streaming.py`` counted going by), and a key whose bucket is empty waits until it
-has refilled.  A request over any limit is a 429 with an integer
-``Retry-After``.  The counts live in this process: with ``--workers N`` each worker
-enforces them on its own.
+Tokens are reserved at admission (an estimate of the prompt from the body's size plus
+the answer's cap: ``max_tokens``, else the configured cap) and settled when the answer
+is over to what it used (prompt and completion, as the upstream counted them; for a
+stream cut short, what ``streaming.py`` counted going by); a
+client that goes away before the usage is known is charged the reservation.  A key
+whose bucket is empty waits until it has refilled.  A request over any per-minute
+limit is a 429 with an integer ``Retry-After``; over a quota, a 429
+``insufficient_quota`` without one.  The counts live where ``state`` says
+(``modelgate.state``): this process by default, or Redis shared by every replica.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable
 
-from modelgate.errors import RateLimited
+from modelgate.errors import ModelGateError, QuotaExceeded, RateLimited, StateUnavailable
+from modelgate.http.messages import Request
+from modelgate.state.store import KeyPolicy, LimitStore, Refused, Ticket, Unavailable
+from modelgate.types import Usage
+
+_MAX_TOKENS = re.compile(rb'"max_(?:completion_|output_)?tokens"\s*:\s*(\d{1,9})')
+BYTES_PER_TOKEN = 4  # a prompt's estimate: its JSON body's size over this
 
 
-class _Bucket:
-    """One minute's allowance, refilled continuously; may go below zero when a cost
-    is known only afterwards (tokens)."""
+def reservation(request: Request, cap: int) -> int:
+    """Tokens a request may use, estimated before it is parsed: its body's size in tokens
+    (an over-estimate: JSON around the text counts) plus its answer's cap."""
+    try:
+        body = request.read()
+    except ModelGateError:
+        return 0
+    if request.path.endswith("/embeddings"):
+        return len(body) // BYTES_PER_TOKEN
+    found = _MAX_TOKENS.search(body)
+    answer = min(int(found.group(1)), cap) if found else cap
+    return len(body) // BYTES_PER_TOKEN + answer
 
-    __slots__ = ("_clock", "_level", "_rate", "_stamp", "limit")
 
-    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
-        self.limit = per_minute
-        self._rate = per_minute / 60.0
-        self._level = float(per_minute)
-        self._clock = clock
-        self._stamp = clock()
-
-    def level(self) -> float:
-        now = self._clock()
-        self._level = min(float(self.limit), self._level + (now - self._stamp) * self._rate)
-        self._stamp = now
-        return self._level
-
-    def wait_for(self, level: float) -> float:
-        """Seconds until the bucket holds ``level`` (after ``level()``)."""
-        return (level - self._level) / self._rate
-
-    def take(self, amount: float) -> None:
-        self._level -= amount
+def used_tokens(ticket: Ticket, usage: Usage | None, status: int) -> int:
+    """What a request is charged: its usage when known; a client that went away before
+    it was known (499) is charged its reservation (no bypass by disconnecting)."""
+    if usage is not None:
+        return usage.prompt_tokens + usage.completion_tokens
+    return ticket.reserved if status == 499 else 0
 
 
 class KeyLimits:
-    """One key's limits and what it has used of them."""
+    """One key's limits over the store that counts them."""
 
-    __slots__ = ("_requests", "_tokens", "in_flight", "max_in_flight", "refused")
+    __slots__ = ("policy", "refused", "store")
 
-    def __init__(
-        self,
-        rpm: int | None,
-        max_in_flight: int | None,
-        tpm: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._requests = _Bucket(rpm, clock) if rpm else None
-        self._tokens = _Bucket(tpm, clock) if tpm else None
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self.refused = {"rpm": 0, "tpm": 0, "in_flight": 0}  # requests refused, by limit
+    def __init__(self, policy: KeyPolicy, store: LimitStore) -> None:
+        self.policy = policy
+        self.store = store
+        # requests refused by this process, by limit
+        self.refused = {"rpm": 0, "tpm": 0, "in_flight": 0, "quota": 0}
+
+    @property
+    def max_in_flight(self) -> int | None:
+        return self.policy.max_in_flight
 
     def describe(self) -> dict[str, object]:
         """The limits and their use now, for the admin view."""
+        p = self.policy
         return {
-            "rpm": self._requests.limit if self._requests is not None else None,
-            "tpm": self._tokens.limit if self._tokens is not None else None,
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
-            "tokens_left": round(self._tokens.level()) if self._tokens is not None else None,
+            "rpm": p.rpm,
+            "tpm": p.tpm,
+            "max_in_flight": p.max_in_flight,
+            "quota": {"daily_tokens": p.daily_tokens, "monthly_tokens": p.monthly_tokens}
+            if p.daily_tokens or p.monthly_tokens
+            else None,
+            **self.store.describe(p),
             "refused": dict(self.refused),
         }
 
-    def acquire(self) -> None:
-        """Admit one request (``release`` when it ends) or raise ``RateLimited``."""
-        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+    async def acquire(self, reserve: int = 0) -> Ticket:
+        """Admit one request (``release`` when it ends) or raise ``RateLimited``,
+        ``QuotaExceeded`` or ``StateUnavailable``."""
+        try:
+            return await self.store.admit(self.policy, reserve if self.policy.counts_tokens else 0)
+        except Refused as r:
+            raise self._refusal(r) from None
+        except Unavailable:
+            raise StateUnavailable(
+                "The rate-limit store is unavailable; please retry shortly.", retry_after=1
+            ) from None
+
+    def acquire_for(self, request: Request, cap: int) -> Awaitable[Ticket]:
+        """``acquire`` with the request's ``reservation`` when the key counts tokens."""
+        return self.acquire(reservation(request, cap) if self.policy.counts_tokens else 0)
+
+    def _refusal(self, r: Refused) -> ModelGateError:
+        if r.limit == "in_flight":
             self.refused["in_flight"] += 1
-            raise RateLimited(
-                f"Rate limit reached for concurrent requests: this key has {self.in_flight} in flight, "
+            return RateLimited(
+                f"Rate limit reached for concurrent requests: this key has {r.in_flight} in flight, "
                 f"its limit. Retry when one has finished.",
                 retry_after=1,
             )
-        tokens = self._tokens
-        if tokens is not None and tokens.level() <= 0.0:
-            raise self._over("tpm", "tokens per minute (TPM)", tokens)
-        requests = self._requests
-        if requests is not None:
-            if requests.level() < 1.0:
-                raise self._over("rpm", "requests per minute (RPM)", requests)
-            requests.take(1.0)
-        self.in_flight += 1
-
-    def _over(self, kind: str, what: str, bucket: _Bucket) -> RateLimited:
-        self.refused[kind] += 1
-        wait = bucket.wait_for(1.0)
+        if r.limit in ("daily_tokens", "monthly_tokens"):
+            self.refused["quota"] += 1
+            period = "daily" if r.limit == "daily_tokens" else "monthly"
+            return QuotaExceeded(
+                f"You exceeded your {period} token quota ({r.limit_value} tokens) for this key."
+            )
+        self.refused[r.limit] += 1
+        what = "requests per minute (RPM)" if r.limit == "rpm" else "tokens per minute (TPM)"
         return RateLimited(
-            f"Rate limit reached for {what}: limit {bucket.limit}. Please try again in {wait:.1f}s.",
-            retry_after=wait,
+            f"Rate limit reached for {what}: limit {r.limit_value}. Please try again in {r.wait:.1f}s.",
+            retry_after=r.wait,
         )
 
-    def release(self, used_tokens: int = 0) -> None:
-        """The request is over; ``used_tokens`` (prompt + completion) come off the key's
-        tokens-per-minute allowance."""
-        self.in_flight -= 1
-        if self._tokens is not None and used_tokens:
-            self._tokens.level()
-            self._tokens.take(used_tokens)
+    def release(self, ticket: Ticket, used_tokens: int = 0) -> None:
+        """The request is over; ``used_tokens`` (prompt + completion) replace what it reserved."""
+        if ticket.store is not None:
+            ticket.store.settle(ticket, used_tokens)

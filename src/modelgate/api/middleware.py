@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import orjson
 
 from modelgate.api.auth import KeyStore, Principal, Scope
+from modelgate.api.limits import used_tokens
 from modelgate.api.streaming import KeepAliveClock
 from modelgate.config import Config
 from modelgate.errors import InternalError, MethodNotAllowed, ModelGateError, ModelNotFound, NotFound
@@ -115,6 +116,14 @@ def _count(info: RequestInfo, status: int, elapsed: float) -> None:
         if route in _GENERATION_ROUTES:
             metrics.child(metrics.tokens, model, "completion").inc(usage.completion_tokens)
     metrics.child(metrics.requests, model, route, str(status)).inc()
+    if info.principal is not None:  # the usage ledger: key name x model x day
+        info.state.keys.store.record(
+            info.principal.name,
+            model,
+            usage.prompt_tokens if usage is not None else 0,
+            usage.completion_tokens if usage is not None and route in _GENERATION_ROUTES else 0,
+            status >= 400,
+        )
     metrics.child(metrics.latency, model, route).observe(elapsed)
 
 
@@ -180,7 +189,7 @@ async def _guard(
     info = request.info = RequestInfo(rid, state)
     path = request.path
     status = 500
-    limits = None
+    limits = ticket = None
     tracing = state.tracing
     span = tracing.request(request.method, path, request.headers) if tracing is not None else None
     try:
@@ -193,7 +202,7 @@ async def _guard(
                 forwarded=headers.get("x-forwarded-for"),
             )
             if principal.limits is not None:
-                principal.limits.acquire()
+                ticket = await principal.limits.acquire_for(request, state.config.limits.max_tokens)
                 limits = principal.limits
         response = await handler(request)
         status = response.status
@@ -214,8 +223,8 @@ async def _guard(
     finally:
         elapsed = time.perf_counter() - start
         model, route, usage = info.model, info.route, info.usage
-        if limits is not None:  # the whole answer, streamed or not, has gone out
-            limits.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
+        if limits is not None and ticket is not None:  # the whole answer, streamed or not, has gone out
+            limits.release(ticket, used_tokens(ticket, usage, status))
         if route != "other":
             _count(info, status, elapsed)
         if span is not None:

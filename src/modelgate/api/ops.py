@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -91,6 +92,7 @@ async def ready(request: Request) -> Response:
     body = {"status": "ready" if ok else "not_ready"}
     if caller is not None:
         body["models"] = {k: v or "ready" for k, v in models.items() if caller.may_use(k)}
+        body["state"] = state.keys.store.status()  # where per-key limits live, and whether it answers
     return _json(body, status=200 if ok else 503)
 
 
@@ -100,6 +102,8 @@ async def metrics(request: Request) -> Response:
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
     state.metrics.key_limits(state.keys.limited())
+    state.metrics.key_usage_totals(state.keys.store.local_usage())
+    state.metrics.state_store(state.keys.store.status())
     return Response(state.metrics.render(), content_type=state.metrics.content_type)
 
 
@@ -123,6 +127,35 @@ async def admin_keys(request: Request) -> Response:
     return _json({"keys": state_of(request).keys.describe()})
 
 
+async def admin_usage(request: Request) -> Response:
+    """The usage ledger: ``?key=NAME&model=ID&days=N`` (the last N UTC days, 7 by default,
+    at most 62) -> rows per day x key name x model, and their totals."""
+    from urllib.parse import parse_qs
+
+    from modelgate.errors import InvalidRequest, StateUnavailable
+    from modelgate.state.store import USAGE_KINDS, Unavailable, utc_day
+
+    query = {k: v[-1] for k, v in parse_qs(request.query_string).items()}
+    try:
+        days = int(query.get("days", "7"))
+    except ValueError:
+        raise InvalidRequest("days: expected a whole number of days", param="days") from None
+    if not 1 <= days <= 62:
+        raise InvalidRequest("days: between 1 and 62", param="days")
+    now = time.time()
+    wanted = [utc_day(now - 86400 * i) for i in range(days)]
+    state = state_of(request)
+    try:
+        rows = await state.keys.store.usage(state.keys.names(), wanted, query.get("key"), query.get("model"))
+    except Unavailable:
+        raise StateUnavailable("The usage ledger's store is unavailable; please retry shortly.") from None
+    totals = dict.fromkeys(USAGE_KINDS, 0)
+    for row in rows:
+        for kind in USAGE_KINDS:
+            totals[kind] += row[kind]
+    return _json({"days": wanted, "usage": rows, "totals": totals})
+
+
 async def openapi(request: Request) -> Response:
     from modelgate.api.openapi import document
 
@@ -135,4 +168,5 @@ def register(routes: Routes) -> None:
     routes.get("/metrics", metrics)
     routes.get("/admin/endpoints", admin_endpoints)
     routes.get("/admin/keys", admin_keys)
+    routes.get("/admin/usage", admin_usage)
     routes.get("/openapi.json", openapi)

@@ -161,6 +161,10 @@ class Endpoint:
         """No traffic for ``seconds`` (a 429's Retry-After); keeps the longer deadline."""
         self.cooled_until = max(self.cooled_until, self._clock() + seconds)
 
+    def out_for(self) -> float:
+        """Seconds this endpoint takes no traffic for, cooling or ejected (0: it may take some)."""
+        return self.available_in() or 0.0
+
     def set_active(self, verdict: str, *, readmit: bool = False) -> None:
         self.active = verdict
         if readmit:

@@ -126,5 +126,26 @@ class Router:
             if m.id in self._pools
         ]
 
+    def cooldowns(self) -> dict[tuple[str, str], float]:
+        """(model id, endpoint URL) -> seconds it takes no traffic for, for those cooling
+        (a 429's Retry-After, a quota refusal) or ejected (outlier detection): shared with
+        other replicas by ``state.cooldowns``, where they cool the same endpoint."""
+        out: dict[tuple[str, str], float] = {}
+        for model_id, pool in self._pools.items():
+            for ep in pool.endpoints:
+                left = ep.out_for()
+                if left > 0:
+                    out[(model_id, ep.url)] = left
+        return out
+
+    def cool(self, model_id: str, url: str, seconds: float) -> bool:
+        """Cool an endpoint another replica saw refuse; False when there is no such endpoint."""
+        pool = self._pools.get(model_id)
+        for ep in pool.endpoints if pool is not None else ():
+            if ep.url == url:
+                ep.cool(seconds)
+                return True
+        return False
+
 
 __all__ = ["Router", "UpstreamError"]

@@ -186,7 +186,7 @@ def test_expired_keys_are_refused(tmp_path: Path) -> None:
     assert ks.authenticate("Bearer mg_later_0123456789abcdefgh", "c", scope="inference").name == "api-1"
 
 
-def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) -> None:
+async def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("mg_old_0123456789abcdefghij\n")
     keys.chmod(0o600)
@@ -198,7 +198,7 @@ def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) 
     ks = KeyStore(cfg)
     paced = ks.authenticate(f"Bearer {KEY}", "c", scope="inference")
     assert paced.limits is not None
-    paced.limits.acquire()
+    await paced.limits.acquire()
     keys.write_text("mg_new_0123456789abcdefghij\n")  # the old key revoked, a new one issued
     reloaded = KeyStore(cfg, previous=ks)
     with pytest.raises(AuthenticationFailed):
@@ -206,7 +206,8 @@ def test_a_reload_reads_the_key_file_again_and_keeps_the_limits(tmp_path: Path) 
     assert reloaded.authenticate("Bearer mg_new_0123456789abcdefghij", "c", scope="inference")
     again = reloaded.authenticate(f"Bearer {KEY}", "c", scope="inference")
     assert again.limits is paced.limits  # what it used is still counted
-    assert again.limits.in_flight == 1
+    assert again.limits.describe()["in_flight"] == 1
+    assert reloaded.store is ks.store
 
 
 def test_a_key_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
