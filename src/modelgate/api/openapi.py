@@ -67,6 +67,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/admin/endpoints", "Every endpoint's state (admin key)", "admin", "AdminEndpoints", _KEYED),
     Operation("get", "/admin/keys", "Keys by name: scope, expiry, limits and their use (admin key)", "admin",
               "AdminKeys", _KEYED),
+    Operation("get", "/admin/usage", "Usage per key name x model x UTC day (admin key; ?key=&model=&days=)",
+              "admin", "AdminUsage", (400, 503, *_KEYED)),
     Operation("get", "/openapi.json", "This document", "key", "OpenAPI", _KEYED),
 )  # fmt: skip
 
@@ -410,6 +412,21 @@ SCHEMAS: dict[str, Callable[[Context], dict[str, Any]]] = {
                     limits={"type": ["object", "null"]},
                 ),
             },
+        )
+    ),
+    "AdminUsage": _static(
+        _obj(
+            ["usage", "totals"],
+            usage={
+                "type": "array",
+                "items": _obj(
+                    ["key", "model", "day"],
+                    key={"type": "string"},
+                    model={"type": "string"},
+                    day={"type": "string"},
+                ),
+            },
+            totals={"type": "object", "additionalProperties": {"type": "integer"}},
         )
     ),
     "OpenAPI": _static(_obj(["openapi", "info", "paths"], openapi={"type": "string"})),
