@@ -43,6 +43,12 @@ class Supervision(Protocol):
 
     def snapshot(self) -> list[dict[str, Any]]: ...
 
+    async def launch(self, url: str) -> None:
+        """Start one endpoint of a model on demand."""
+
+    async def halt(self, url: str) -> None:
+        """Stop it again (idle, or making room)."""
+
     async def stop(self) -> None: ...
 
 
@@ -61,6 +67,7 @@ class Events(Gauges, Protocol):
     def ejection(self, model: str, url: str, seconds: float) -> None: ...
     def queue_depth(self, model: str, depth: int) -> None: ...
     def attempt(self, model: str, url: str, outcome: str) -> None: ...
+    def fallback(self, model: str, fallback: str) -> None: ...
 
 
 @dataclass

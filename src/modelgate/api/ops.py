@@ -59,6 +59,8 @@ async def metrics(request: Request) -> Response:
     if supervisor is not None:
         state.metrics.supervised(supervisor.snapshot())
     state.metrics.key_limits(state.keys.limited())
+    if state.router is not None:
+        state.metrics.models(state.router.load_snapshot())
     return Response(state.metrics.render(), content_type=state.metrics.content_type)
 
 
@@ -75,7 +77,8 @@ async def admin_endpoints(request: Request) -> Response:
         if m.id in storage:
             entry["storage"] = storage[m.id]
         models.append(entry)
-    return _json({"models": models})
+    resources = state.router.load_snapshot()["resources"] if state.router is not None else {}
+    return _json({"models": models, "resources": resources})
 
 
 async def admin_keys(request: Request) -> Response:

@@ -15,13 +15,17 @@ Contract with ``api``:
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from modelgate.backends.base import BackendContext
 from modelgate.config import Config, ModelConfig
 from modelgate.errors import ModelNotFound, NoHealthyEndpoint, UpstreamError
+from modelgate.router.demand import DemandHandle, ModelDemand
 from modelgate.router.events import RouterEvents, resolve_events
+from modelgate.router.fallback import FallbackHandle
+from modelgate.router.loaders import LaunchLoader, LocalLoader
+from modelgate.router.memory import MemoryBudget
 from modelgate.router.pool import EndpointPool
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
@@ -30,6 +34,11 @@ class ModelHandle(Protocol):
     """One model as a request uses it, resolved once by name (a model's pool)."""
 
     model: ModelConfig
+
+    @property
+    def served(self) -> str:
+        """The model that served the request (another one after a fallback)."""
+        ...
 
     def check(self, request: GenerationRequest) -> None: ...
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
@@ -55,7 +64,9 @@ class Router:
         self.events = resolve_events(events, ctx.services.events)
         self._rng = rng
         self._pools: dict[str, EndpointPool] = {}  # model id -> its pool
-        self._handles: dict[str, EndpointPool] = {}  # every name (id, aliases) -> the pool
+        self._handles: dict[str, ModelHandle] = {}  # every name (id, aliases) -> the handle
+        self.demands: dict[str, ModelDemand] = {}  # model id -> its load state (on demand)
+        self.budget = MemoryBudget(config.resources, config.models)
 
     async def start(self) -> None:
         for m in self._config.models:
@@ -68,11 +79,32 @@ class Router:
                 rng=self._rng,
             )
             self._pools[m.id] = pool
+            handle: ModelHandle = pool
+            if m.load == "on_demand":
+                demand = ModelDemand(m, self._loader(pool), budget=self.budget)
+                self.budget.add(demand)
+                self.demands[m.id] = demand
+                handle = DemandHandle(pool, demand)
             for name in (m.id, *m.aliases):
-                self._handles[name] = pool
+                self._handles[name] = handle
             await pool.start()
+        for demand in self.demands.values():
+            demand.start()
+
+    def _loader(self, pool: EndpointPool) -> LocalLoader | LaunchLoader:
+        if pool.model.in_process:
+            return LocalLoader(pool, self._device_bytes)
+        return LaunchLoader(pool, self._ctx.services.supervisor)
+
+    def _device_bytes(self) -> int:
+        """Device memory allocated now, as any loaded in-process model reports it."""
+        seen = [p.stats().get("device_memory_allocated_bytes", 0) for p in self._pools.values()]
+        return max(seen, default=0)
 
     async def close(self) -> None:
+        for demand in self.demands.values():
+            await demand.close()
+        self.demands.clear()
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
@@ -82,11 +114,16 @@ class Router:
     def models(self) -> tuple[ModelConfig, ...]:
         return self._config.models
 
-    def resolve(self, name: str) -> ModelHandle:
+    def resolve(self, name: str, may_use: Callable[[str], bool] | None = None) -> ModelHandle:
         """The model a client's name means (its id or an alias), as one handle for the
-        request's check and call; ModelNotFound for a name no model answers to."""
+        request's check and call; ModelNotFound for a name no model answers to.  A model
+        with ``fallbacks`` gets a handle of its own per request (``may_use``: the models
+        the key may use), whose ``served`` says which model answered."""
         handle = self._handles.get(name)
         if handle is not None:
+            if handle.model.fallbacks:
+                chain = [self._handles[n] for n in handle.model.fallbacks if n in self._handles]
+                return FallbackHandle(handle, chain, self.events, may_use)
             return handle
         model = self._config.model(name)
         if model is None:
@@ -116,15 +153,33 @@ class Router:
         out: dict[str, str | None] = {}
         for m in self._config.models:
             pool = self._pools.get(m.id)
+            demand = self.demands.get(m.id)
+            if demand is not None and demand.state != "loaded":
+                out[m.id] = None  # on demand: it can serve (its first request loads it)
+                continue
             out[m.id] = "not started" if pool is None else pool.unready_reason()
         return out
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [
-            {"id": m.id, "backend": m.backend, **self._pools[m.id].snapshot()}
+            {"id": m.id, "backend": m.backend, **self._pools[m.id].snapshot(), "load": self._load_view(m)}
             for m in self._config.models
             if m.id in self._pools
         ]
+
+    def _load_view(self, m: ModelConfig) -> dict[str, Any]:
+        demand = self.demands.get(m.id)
+        if demand is not None:
+            return demand.snapshot()
+        return {"mode": m.load, "state": "loaded"}
+
+    def load_snapshot(self) -> dict[str, Any]:
+        """Every model's load state and the memory budget (/metrics, /admin/endpoints)."""
+        return {
+            "models": {m.id: self._load_view(m) for m in self._config.models},
+            "resources": self.budget.snapshot(),
+            "evictions": self.budget.evictions,
+        }
 
 
 __all__ = ["Router", "UpstreamError"]
