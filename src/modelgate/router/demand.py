@@ -64,6 +64,7 @@ class ModelDemand:
         self.load_s: float | None = None  # how long the last load took
         self.loaded_at: float | None = None  # wall clock
         self.last_error: str | None = None
+        self.reserved = False  # the memory budget counts it (set by MemoryBudget.reserve)
         self._load: asyncio.Task[None] | None = None
         self._unload: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -79,7 +80,7 @@ class ModelDemand:
 
     @property
     def holds_memory(self) -> bool:
-        return self.state in ("loading", "loaded", "unloading")
+        return self.state in ("loaded", "unloading") or (self.state == "loading" and self.reserved)
 
     def evictable(self) -> bool:
         return self.state == "loaded" and self.users == 0 and not self.model.pinned
@@ -115,10 +116,8 @@ class ModelDemand:
             *(t for t in (self._reaper, self._load, self._unload) if t is not None), return_exceptions=True
         )
         await self.loader.unload()
-        if self.state != "unloaded":
-            self.state = "unloaded"
-            if self.budget is not None:
-                self.budget.release(self)
+        self.state = "unloaded"
+        self.reserved = False
 
     @asynccontextmanager
     async def use(self, wait_s: float | None = None) -> AsyncIterator[None]:
@@ -127,13 +126,13 @@ class ModelDemand:
         self.users += 1
         self.last_used = self._clock()
         try:
-            await self.ensure(self.model.start_timeout_s if wait_s is None else wait_s)
+            await self.ensure(wait_s)  # None: the load's own start_timeout_s bounds it
             yield
         finally:
             self.users -= 1
             self.last_used = self._clock()
 
-    async def ensure(self, wait_s: float) -> None:
+    async def ensure(self, wait_s: float | None) -> None:
         while self.state != "loaded":
             if self.state == "unloading" and self._unload is not None:
                 await asyncio.shield(self._unload)
@@ -146,7 +145,7 @@ class ModelDemand:
                     await asyncio.shield(task)
             except TimeoutError:
                 raise ModelNotReady(
-                    f"model {self.model.id!r} is still loading", retry_after=max(1.0, wait_s / 2)
+                    f"model {self.model.id!r} is still loading", retry_after=max(1.0, (wait_s or 0) / 2)
                 ) from None
 
     async def _do_load(self) -> None:
@@ -166,8 +165,7 @@ class ModelDemand:
             log.error("model %s failed to load: %s", self.model.id, self.last_error)
             await asyncio.shield(self.loader.unload())
             self.state = "unloaded"
-            if self.budget is not None:
-                self.budget.release(self)
+            self.reserved = False
             if isinstance(exc, TimeoutError):
                 raise ModelNotReady(
                     f"model {self.model.id!r} did not load within start_timeout_s="
@@ -182,7 +180,7 @@ class ModelDemand:
         self.state = "loaded"
         self.last_used = self._clock()
         if self.budget is not None:
-            self.budget.loaded(self)
+            await self.budget.loaded(self)
         log.info("model %s loaded on demand in %.2f s", self.model.id, self.load_s)
 
     def unload(self) -> Awaitable[None]:
@@ -199,9 +197,8 @@ class ModelDemand:
             await self.loader.unload()
         finally:
             self.state = "unloaded"
+            self.reserved = False
             self.unloads += 1
-            if self.budget is not None:
-                self.budget.release(self)
             log.info("model %s unloaded", self.model.id)
 
     async def _reap(self, ttl: float) -> None:

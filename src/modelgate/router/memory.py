@@ -54,6 +54,7 @@ class MemoryBudget:
         return self._measured.get(demand.model.id, {})
 
     def used(self, without: ModelDemand | None = None) -> dict[str, float]:
+        """What the models holding memory take (loaded, unloading, or loading once reserved)."""
         out = dict(self._static)
         for d in self._demands:
             if d is not without and d.holds_memory:
@@ -99,22 +100,39 @@ class MemoryBudget:
                 log.info("unloading idle model %s to make room for %s", victim.model.id, demand.model.id)
                 self.evictions += 1
                 await victim.unload()
+            demand.reserved = True
             self._note_peak()
 
-    def loaded(self, demand: ModelDemand) -> None:
-        """After a load: remember what it measured when its config declares nothing."""
+    async def loaded(self, demand: ModelDemand) -> None:
+        """After a load: remember what it measured when its config declares nothing, and
+        when that overdraws the budget, unload idle models (LRU) until it fits again."""
         if declared_need(demand.model) is not None:
             return
         measured = {dev: gib for dev, gib in demand.loader.measured().items() if gib > 0}
-        if measured:
-            self._measured[demand.model.id] = measured
+        if not measured:
+            return
+        self._measured[demand.model.id] = measured
+        async with self._lock:
+            while True:
+                used = self.used()
+                over = [d for d, gib in used.items() if d in self.limits and gib > self.limits[d] + _EPS]
+                victims = sorted(
+                    (
+                        d
+                        for d in self._demands
+                        if d is not demand and d.evictable() and any(self.need(d).get(dev) for dev in over)
+                    ),
+                    key=lambda d: d.last_used,
+                )
+                if not over or not victims:
+                    break
+                self.evictions += 1
+                await victims[0].unload()
+            for dev in over:
+                log.warning(
+                    "memory budget of %s exceeded: %.2f of %.2f GiB", dev, used[dev], self.limits[dev]
+                )
             self._note_peak()
-            for dev, gib in self.used().items():
-                if dev in self.limits and gib > self.limits[dev] + _EPS:
-                    log.warning("memory budget of %s exceeded: %.2f of %.2f GiB", dev, gib, self.limits[dev])
-
-    def release(self, demand: ModelDemand) -> None:
-        """``demand`` no longer holds memory (its state says so); nothing to keep."""
 
     def _note_peak(self) -> None:
         for dev, gib in self.used().items():
