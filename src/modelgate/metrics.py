@@ -214,6 +214,13 @@ class Metrics:
         self.evictions = Gauge(
             "modelgate_model_evictions", "Idle models unloaded to make room", [], registry=r
         )
+        self.config_reloads = Counter(
+            "modelgate_config_reloads",
+            "Config reloads (ok, or error: nothing changed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.config_info = Gauge("modelgate_config_info", "1 for the config in use", ["version"], registry=r)
 
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -270,6 +277,11 @@ class Metrics:
             if mem.get("budget_gib") is not None:
                 self.child(self.memory_budget, device).set(mem["budget_gib"])
         self.evictions.set(snapshot.get("evictions") or 0)
+
+    def config_loaded(self, version: str, previous: str | None) -> None:
+        if previous is not None and previous != version:
+            self.config_info.labels(previous).set(0)
+        self.config_info.labels(version).set(1)
 
     def key_limits(self, refused: dict[str, dict[str, int]]) -> None:
         """Mirror the keys' refusal counts (read at scrape time, never kept twice)."""

@@ -49,6 +49,10 @@ class Supervision(Protocol):
     async def halt(self, url: str) -> None:
         """Stop it again (idle, or making room)."""
 
+    async def apply(self, config: Any) -> dict[str, list[str]]:
+        """A reloaded config: keep what did not change, stop what went, start what came."""
+        ...
+
     async def stop(self) -> None: ...
 
 

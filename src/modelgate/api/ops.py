@@ -81,6 +81,15 @@ async def admin_endpoints(request: Request) -> Response:
     return _json({"models": models, "resources": resources})
 
 
+async def admin_reload(request: Request) -> Response:
+    """Read the config file again and apply the difference; 422 with why when it is invalid."""
+    reload = request.app.reload
+    if reload is None:
+        return _json({"ok": False, "error": "this app cannot reload its config"}, status=501)
+    result = await reload()
+    return _json(result, status=200 if result.get("ok") else 422)
+
+
 async def admin_keys(request: Request) -> Response:
     return _json({"keys": state_of(request).keys.describe()})
 
@@ -97,4 +106,5 @@ def register(routes: Routes) -> None:
     routes.get("/metrics", metrics)
     routes.get("/admin/endpoints", admin_endpoints)
     routes.get("/admin/keys", admin_keys)
+    routes.post("/admin/reload", admin_reload)
     routes.get("/openapi.json", openapi)

@@ -44,8 +44,14 @@ class MemoryBudget:
         self.evictions = 0
         self._lock = asyncio.Lock()
 
+    def adopt(self, previous: MemoryBudget) -> None:
+        """A reloaded config's budget: what was measured and counted stays known."""
+        self._measured.update(previous._measured)
+        self.evictions = previous.evictions
+
     def add(self, demand: ModelDemand) -> None:
-        self._demands.append(demand)
+        if demand not in self._demands:
+            self._demands.append(demand)
 
     def need(self, demand: ModelDemand) -> dict[str, float]:
         declared = declared_need(demand.model)

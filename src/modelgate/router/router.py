@@ -14,6 +14,9 @@ Contract with ``api``:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -28,6 +31,9 @@ from modelgate.router.loaders import LaunchLoader, LocalLoader
 from modelgate.router.memory import MemoryBudget
 from modelgate.router.pool import EndpointPool
 from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
+
+log = logging.getLogger(__name__)
+RETIRE_TIMEOUT_S = 600.0  # a retired pool is closed once idle, or after this long
 
 
 class ModelHandle(Protocol):
@@ -67,29 +73,89 @@ class Router:
         self._handles: dict[str, ModelHandle] = {}  # every name (id, aliases) -> the handle
         self.demands: dict[str, ModelDemand] = {}  # model id -> its load state (on demand)
         self.budget = MemoryBudget(config.resources, config.models)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.reload_lock = asyncio.Lock()  # one config reload at a time (gateway.reload_config)
 
     async def start(self) -> None:
         for m in self._config.models:
-            pool = EndpointPool(
-                m,
-                self._ctx,
-                health=self._config.health,
-                lifecycle=self._lifecycle,
-                events=self.events,
-                rng=self._rng,
-            )
-            self._pools[m.id] = pool
-            handle: ModelHandle = pool
-            if m.load == "on_demand":
-                demand = ModelDemand(m, self._loader(pool), budget=self.budget)
-                self.budget.add(demand)
-                self.demands[m.id] = demand
-                handle = DemandHandle(pool, demand)
-            for name in (m.id, *m.aliases):
-                self._handles[name] = handle
-            await pool.start()
+            await self._build(m)
+        self._index()
         for demand in self.demands.values():
             demand.start()
+
+    async def _build(self, m: ModelConfig) -> None:
+        pool = EndpointPool(
+            m,
+            self._ctx,
+            health=self._config.health,
+            lifecycle=self._lifecycle,
+            events=self.events,
+            rng=self._rng,
+        )
+        self._pools[m.id] = pool
+        if m.load == "on_demand":
+            demand = ModelDemand(m, self._loader(pool), budget=self.budget)
+            self.budget.add(demand)
+            self.demands[m.id] = demand
+        await pool.start()
+
+    def _index(self) -> None:
+        """Every name (ids, aliases) -> its model's handle, built at once (then swapped in)."""
+        handles: dict[str, ModelHandle] = {}
+        for m in self._config.models:
+            pool = self._pools[m.id]
+            demand = self.demands.get(m.id)
+            handle: ModelHandle = pool if demand is None else DemandHandle(pool, demand)
+            for name in (m.id, *m.aliases):
+                handles[name] = handle
+        self._handles = handles
+
+    async def apply(self, config: Config) -> dict[str, list[str]]:
+        """A new config, live: added models start, removed ones go, changed ones get a new
+        pool (requests in flight finish on the one they started with, closed once idle),
+        unchanged ones are untouched.  The names switch over at once."""
+        old = {m.id: m for m in self._config.models}
+        new = {m.id: m for m in config.models}
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        global_change = (config.health, config.resources) != (self._config.health, self._config.resources)
+        self._config = config
+        self._ctx = dataclasses.replace(self._ctx, config=config)
+        retired: list[tuple[EndpointPool, ModelDemand | None]] = []
+        budget = MemoryBudget(config.resources, config.models)
+        budget.adopt(self.budget)
+        self.budget = budget
+        for mid, m in new.items():
+            if mid in old and old[mid] == m and not global_change:
+                diff["unchanged"].append(mid)
+                continue
+            diff["changed" if mid in old else "added"].append(mid)
+            if mid in self._pools:
+                retired.append((self._pools.pop(mid), self.demands.pop(mid, None)))
+            await self._build(m)
+            if mid in self.demands:
+                self.demands[mid].start()
+        for mid in old:
+            if mid not in new:
+                diff["removed"].append(mid)
+                retired.append((self._pools.pop(mid), self.demands.pop(mid, None)))
+        for kept in self.demands.values():
+            kept.budget = budget
+            budget.add(kept)
+        self._index()
+        for pool, gone in retired:
+            task = asyncio.create_task(self._retire(pool, gone), name=f"retire {pool.model.id}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return diff
+
+    async def _retire(self, pool: EndpointPool, demand: ModelDemand | None) -> None:
+        for _ in range(int(RETIRE_TIMEOUT_S / 0.05)):  # requests in flight finish on it first
+            if not any(e.in_flight for e in pool.endpoints) and not (demand is not None and demand.users):
+                break
+            await asyncio.sleep(0.05)
+        if demand is not None:
+            await demand.close()
+        await pool.close()
 
     def _loader(self, pool: EndpointPool) -> LocalLoader | LaunchLoader:
         if pool.model.in_process:
@@ -102,6 +168,7 @@ class Router:
         return max(seen, default=0)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for demand in self.demands.values():
             await demand.close()
         self.demands.clear()

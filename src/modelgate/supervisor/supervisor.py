@@ -220,6 +220,44 @@ class Supervisor:
         except ModelGateError as exc:
             log.error("supervisor: stopping %s: %s", url, exc.message)
 
+    async def apply(self, config: Config) -> dict[str, list[str]]:
+        """A reloaded config: endpoints whose launch (and model) did not change keep running
+        untouched; removed or changed ones are stopped; new ones start (on-demand ones
+        wait for their first request)."""
+        specs = {ep.url: (m, ep, spec) for m, ep, spec in supervised(config)}
+        on_demand = {ep.url for m, ep, _ in specs.values() if m.load == "on_demand"}
+        diff: dict[str, list[str]] = {"started": [], "stopped": [], "kept": []}
+        for url, ep in list(self._endpoints.items()):
+            new = specs.get(url)
+            if (
+                new is not None
+                and new[2] == ep.spec
+                and new[0].id == ep.model_id
+                and ((url in on_demand) == (url in self._on_demand))
+            ):
+                diff["kept"].append(url)
+                continue
+            await self.halt(url)
+            del self._endpoints[url]
+            diff["stopped"].append(url)
+        self._config = config
+        self._on_demand = on_demand
+        if self._api is None and any(spec.kind == "container" for _, _, spec in specs.values()):
+            self._api = DockerApi(config.supervisor.docker_url)
+        if specs and not self._lock.held:
+            self._lock.acquire()
+            self._http = UpstreamClient()
+        for url, (m, ep_cfg, spec) in specs.items():
+            if url in self._endpoints:
+                continue
+            ep = self._endpoints[url] = self._endpoint(m, ep_cfg, spec)
+            if url in on_demand:
+                ep.lc.stopped(self._clock())
+            else:
+                await self.launch(url)
+            diff["started"].append(url)
+        return diff
+
     async def wait_ready(self, timeout_s: float) -> bool:
         """True once every endpoint is ready (for tests, benches and ``check``)."""
         try:
