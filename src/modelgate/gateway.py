@@ -104,7 +104,10 @@ async def reload_config(app: App) -> dict[str, Any]:
             keys = KeyStore(new, previous=state.keys)  # an unreadable key file: nothing changes
         except ConfigError as exc:
             state.metrics.config_reloads.labels("error").inc()
-            log.error("config not reloaded; the previous one stays", extra={"error": exc.message})
+            log.error(
+                "config not reloaded (keys not reloaded); the previous ones stay",
+                extra={"error": exc.message},
+            )
             return {"ok": False, "error": exc.message, "version": config_version(old)}
         supervised: dict[str, list[str]] = {}
         if app.services.supervisor is not None:
@@ -123,7 +126,9 @@ async def reload_config(app: App) -> dict[str, Any]:
             "endpoints": supervised,
             "needs_restart": restart,
         }
-        log.info("config reloaded", extra={"version": version, "models": models})
+        log.info(
+            "config reloaded, keys reloaded", extra={"version": version, "models": models, "keys": keys.count}
+        )
         return result
 
 

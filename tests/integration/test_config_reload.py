@@ -6,17 +6,23 @@ in /admin/reload's answer and counted in /metrics."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
+from tests.integration.api.conftest import API_KEY
+from tests.integration.api.test_serve_process import wait_ready, write_config
 from tests.integration.fakes import tgi
 from tests.integration.fakes.core import FakeServer, Faults
 from tests.integration.fakes.harness import write_tokenizer_dir
 from tests.support.gateway import running_gateway
-from tests.support.net import free_port
+from tests.support.net import free_port, modelgate
+from tests.support.openai_upstream import FakeOpenAI
 from tests.support.worker import worker_argv
 
 from modelgate.config import load_config
@@ -144,3 +150,44 @@ async def test_reloads_under_load_lose_nothing_and_keep_unchanged_children(tmp_p
     finally:
         for f in fakes:
             await f.stop()
+
+
+async def test_sighup_applies_the_whole_file_and_an_invalid_one_changes_nothing(tmp_path: Path) -> None:
+    upstream = await FakeOpenAI().start()
+    path = write_config(tmp_path, upstream.url)
+    port = free_port()
+    proc = subprocess.Popen(
+        modelgate("serve", "--config", str(path), "--port", str(port)),
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def names() -> set[str]:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(base + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}) as r,
+        ):
+            return {m["id"] for m in (await r.json())["data"]}
+
+    try:
+        await wait_ready(base, proc)
+        assert await names() == {"m"}
+        cfg = yaml.safe_load(path.read_text())
+        cfg["models"].append({**cfg["models"][0], "id": "m2"})
+        path.write_text(yaml.safe_dump(cfg))
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if await names() == {"m", "m2"}:
+                break
+            await asyncio.sleep(0.05)
+        assert await names() == {"m", "m2"}
+        path.write_text("models: [{id: x}]\n")  # invalid: nothing changes
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await names() == {"m", "m2"} and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        await upstream.stop()
+    assert "config not reloaded" in err.decode()
