@@ -96,3 +96,35 @@ async def test_fallback_while_loading_then_served_then_unloaded_when_idle(tmp_pa
                 break
             await asyncio.sleep(0.1)
         assert view["loads"] == 2
+
+
+@pytest.mark.slow
+async def test_unloading_returns_the_gpu_memory(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = write_demo_model(tmp_path / "demo")
+    raw = {
+        "auth": {"api_keys": [KEY], "admin_keys": [ADMIN]},
+        "models": [
+            {
+                "id": "big",
+                "backend": "local",
+                "path": str(model),
+                "device": "cuda:0",
+                "load": "on_demand",
+                "idle_ttl_s": 0.5,
+            }
+        ],
+    }
+    before = torch.cuda.memory_allocated(0)
+    async with running_gateway(make_config(raw)) as base, aiohttp.ClientSession() as s:
+        status, header, _, _ = await chat(s, base, KEY)
+        assert (status, header) == (200, "big")
+        assert torch.cuda.memory_allocated(0) > before
+        for _ in range(50):
+            if (await load_state(s, base))["big"]["state"] == "unloaded":
+                break
+            await asyncio.sleep(0.1)
+        assert (await load_state(s, base))["big"]["state"] == "unloaded"
+        assert torch.cuda.memory_allocated(0) <= before + (1 << 20)
