@@ -108,14 +108,28 @@ class ModelDemand:
                 self._reap(self.model.idle_ttl_s), name=f"idle {self.model.id}"
             )
 
-    async def close(self) -> None:
+    def adopt(self, previous: ModelDemand) -> None:
+        """A reloaded model whose children kept running: loaded as the previous one was."""
+        self.state = "loaded"
+        self.reserved = True
+        self.last_used = previous.last_used
+        self.loads, self.unloads, self.load_s, self.loaded_at = (
+            previous.loads,
+            previous.unloads,
+            previous.load_s,
+            previous.loaded_at,
+        )
+
+    async def close(self, *, unload: bool = True) -> None:
+        """Stop its tasks and unload it (``unload=False``: what it loaded lives on elsewhere)."""
         for task in (self._reaper, self._load):
             if task is not None and not task.done():
                 task.cancel()
         await asyncio.gather(
             *(t for t in (self._reaper, self._load, self._unload) if t is not None), return_exceptions=True
         )
-        await self.loader.unload()
+        if unload:
+            await self.loader.unload()
         self.state = "unloaded"
         self.reserved = False
 

@@ -120,7 +120,7 @@ class Router:
         global_change = (config.health, config.resources) != (self._config.health, self._config.resources)
         self._config = config
         self._ctx = dataclasses.replace(self._ctx, config=config)
-        retired: list[tuple[EndpointPool, ModelDemand | None]] = []
+        retired: list[tuple[EndpointPool, ModelDemand | None, bool]] = []
         budget = MemoryBudget(config.resources, config.models)
         budget.adopt(self.budget)
         self.budget = budget
@@ -129,32 +129,37 @@ class Router:
                 diff["unchanged"].append(mid)
                 continue
             diff["changed" if mid in old else "added"].append(mid)
-            if mid in self._pools:
-                retired.append((self._pools.pop(mid), self.demands.pop(mid, None)))
+            pool, gone = self._pools.pop(mid, None), self.demands.pop(mid, None)
             await self._build(m)
+            keep = False  # its running children (the supervisor kept them) go on serving
+            if gone is not None and mid in self.demands and gone.state == "loaded" and not m.in_process:
+                self.demands[mid].adopt(gone)
+                keep = True
+            if pool is not None:
+                retired.append((pool, gone, keep))
             if mid in self.demands:
                 self.demands[mid].start()
         for mid in old:
             if mid not in new:
                 diff["removed"].append(mid)
-                retired.append((self._pools.pop(mid), self.demands.pop(mid, None)))
+                retired.append((self._pools.pop(mid), self.demands.pop(mid, None), False))
         for kept in self.demands.values():
             kept.budget = budget
             budget.add(kept)
         self._index()
-        for pool, gone in retired:
-            task = asyncio.create_task(self._retire(pool, gone), name=f"retire {pool.model.id}")
+        for pool, gone, keep in retired:
+            task = asyncio.create_task(self._retire(pool, gone, keep), name=f"retire {pool.model.id}")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return diff
 
-    async def _retire(self, pool: EndpointPool, demand: ModelDemand | None) -> None:
+    async def _retire(self, pool: EndpointPool, demand: ModelDemand | None, keep: bool = False) -> None:
         for _ in range(int(RETIRE_TIMEOUT_S / 0.05)):  # requests in flight finish on it first
             if not any(e.in_flight for e in pool.endpoints) and not (demand is not None and demand.users):
                 break
             await asyncio.sleep(0.05)
         if demand is not None:
-            await demand.close()
+            await demand.close(unload=not keep)
         await pool.close()
 
     def _loader(self, pool: EndpointPool) -> LocalLoader | LaunchLoader:
