@@ -117,6 +117,11 @@ class EndpointPool:
     def served(self) -> str:
         return self.model.id
 
+    @property
+    def busy(self) -> bool:
+        """Requests in flight on it or waiting in its queue (a retired pool closes when not)."""
+        return self._queue.depth > 0 or any(e.in_flight for e in self.endpoints)
+
     async def close(self) -> None:
         for deadlines in (self._deadlines, self._first_token, self._idle):
             deadlines.close()

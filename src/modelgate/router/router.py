@@ -155,7 +155,7 @@ class Router:
 
     async def _retire(self, pool: EndpointPool, demand: ModelDemand | None, keep: bool = False) -> None:
         for _ in range(int(RETIRE_TIMEOUT_S / 0.05)):  # requests in flight finish on it first
-            if not any(e.in_flight for e in pool.endpoints) and not (demand is not None and demand.users):
+            if not pool.busy and not (demand is not None and demand.users):
                 break
             await asyncio.sleep(0.05)
         if demand is not None:
