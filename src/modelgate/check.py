@@ -1,6 +1,7 @@
 """``modelgate check``: probe every endpoint once and print a table.
 
-Exit 0 only when every model has at least one healthy endpoint.  Local models are
+Exit 0 only when every model has at least one healthy endpoint (a launched model on
+demand may have none: its first request starts it).  Local models are
 checked for a readable model directory (or sealed model) without loading weights:
 the files a load needs and a ``model_type`` transformers knows; when a gateway runs
 at the configured address, what its loads did (loaded, loading, or why they failed).
@@ -264,7 +265,13 @@ def run_check(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout
 
     rows = asyncio.run(_probe_all(config))
     state = asyncio.run(probe(config))
-    unhealthy = [m.id for m in config.models if not any(r.healthy for r in rows if r.model == m.id)]
+    unhealthy = [
+        m.id
+        for m in config.models
+        # a launched model on demand is down until its first request (docs/ondemand.md)
+        if not (m.load == "on_demand" and not m.in_process)
+        and not any(r.healthy for r in rows if r.model == m.id)
+    ]
     docker = docker_line(config)
     if as_json:
         doc: dict[str, Any] = {"rows": [asdict(r) for r in rows], "unhealthy_models": unhealthy}

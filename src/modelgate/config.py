@@ -343,6 +343,17 @@ class StorageSpec(_Frozen):
 BackendName = Literal["local", "tgi", "openai"]
 
 
+class MemoryNeed(_Frozen):
+    """What a model takes when loaded (docs/ondemand.md): GPU memory on its device, RAM."""
+
+    gpu_gib: float = Field(0.0, ge=0)
+    ram_gib: float = Field(0.0, ge=0)
+
+
+class DeviceBudget(_Frozen):
+    gib: float = Field(gt=0)
+
+
 class ModelConfig(_Frozen):
     id: str = Field(min_length=1)
     backend: BackendName
@@ -393,6 +404,16 @@ class ModelConfig(_Frozen):
             data["forward_extra"] = (*old, *(data.get("forward_extra") or ()))
         return data
 
+    # models on demand and fallbacks (docs/ondemand.md)
+    fallbacks: tuple[str, ...] = ()  # other models (ids or aliases) that serve when this one cannot
+    fallback_after_s: float | None = Field(None, gt=0)  # still loading this long: fall back
+    context_window: int | None = Field(None, ge=1)  # prompt + max_tokens a fallback may take
+    load: Literal["at_start", "on_demand"] = "at_start"
+    start_timeout_s: float = Field(300.0, gt=0)  # on demand: how long requests wait for a load
+    idle_ttl_s: float | None = Field(None, gt=0)  # on demand: unloaded after this long unused
+    memory: MemoryNeed | None = None  # None: measured at its first load
+    pinned: bool = False  # never unloaded to make room
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -424,6 +445,8 @@ class ModelConfig(_Frozen):
                 )
         elif not self.endpoints:
             raise ValueError(f"a {self.backend} model needs at least one entry in 'endpoints'")
+        if self.load == "on_demand" and not self.in_process and not any(e.launch for e in self.endpoints):
+            raise ValueError("load: on_demand needs a local model or an endpoint with 'launch'")
         return self
 
 
@@ -499,6 +522,8 @@ class Config(_Frozen):
     telemetry: TelemetryConfig = TelemetryConfig()
     models: tuple[ModelConfig, ...] = ()
     state: StateConfig = StateConfig()
+    # memory budgets per device ("cpu", "cuda:N"); idle on-demand models are unloaded to fit
+    resources: Mapping[str, DeviceBudget] = Field(default_factory=dict)
     source: str = "<embedded default>"
     # Secrets resolved at load (env vars named by *_env fields), so nothing later
     # reads os.environ.  Excluded from repr and dumps.
@@ -512,6 +537,30 @@ class Config(_Frozen):
                 if name in seen:
                     raise ValueError(f"model id or alias {name!r} is used twice")
                 seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks(self) -> Config:
+        names = {name: m.id for m in self.models for name in (m.id, *m.aliases)}
+        for i, m in enumerate(self.models):
+            for name in m.fallbacks:
+                if name not in names:
+                    raise ValueError(f"models.{i}.fallbacks: no model is named {name!r}")
+                if names[name] == m.id:
+                    raise ValueError(f"models.{i}.fallbacks: {name!r} is the model itself")
+        edges = {m.id: [names[n] for n in m.fallbacks] for m in self.models}
+        for start in edges:  # a cycle: a model reachable from itself through fallbacks
+            seen, todo = set(), list(edges[start])
+            while todo:
+                cur = todo.pop()
+                if cur == start:
+                    raise ValueError(f"fallbacks: a cycle through model {start!r}")
+                if cur not in seen:
+                    seen.add(cur)
+                    todo.extend(edges[cur])
+        for dev in self.resources:
+            if dev != "cpu" and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+                raise ValueError(f"resources: {dev!r} must be cpu or cuda:N")
         return self
 
     @model_validator(mode="after")

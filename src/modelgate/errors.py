@@ -193,6 +193,12 @@ class ModelNotReady(ServiceUnavailable):
     default_code = "model_not_ready"
 
 
+class InsufficientCapacity(ServiceUnavailable):
+    """A model on demand does not fit its devices' memory budget, and nothing idle can go."""
+
+    default_code = "insufficient_capacity"
+
+
 # --- upstream ----------------------------------------------------------------------
 
 

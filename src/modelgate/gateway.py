@@ -8,20 +8,26 @@ anything: ``api`` receives a router, ``backends`` a ``BackendContext``."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelgate.api.app import App, build_app
+from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import Routes
 from modelgate.backends.base import BackendContext
-from modelgate.config import Config
+from modelgate.config import Config, load_config, self_loop
+from modelgate.errors import ConfigError
 from modelgate.http.client import UpstreamClient
 from modelgate.router.router import Router
 from modelgate.services import Services
 
 if TYPE_CHECKING:
     from modelgate.state.cooldowns import SharedCooldowns
+
+log = logging.getLogger("modelgate.reload")
 
 
 def needs_supervisor(config: Config) -> bool:
@@ -102,4 +108,74 @@ def build_gateway(
         from modelgate.telemetry import Tracing
 
         services.tracing = Tracing(config.telemetry)
-    return build_app(config, start=running, services=services, extra_routes=extra_routes)
+    app = build_app(config, start=running, services=services, extra_routes=extra_routes)
+    app.reload = lambda: reload_config(app)
+    app.state.metrics.config_loaded(config_version(config), None)
+    return app
+
+
+def config_version(config: Config) -> str:
+    """A short hash of what the config says (secrets resolved at load excluded)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+
+
+# what cannot change without a restart (reported, left as it was)
+_RESTART_ONLY = ("server", "supervisor")
+
+
+async def reload_config(app: App) -> dict[str, Any]:
+    """Read the config file again and apply the difference (docs/ondemand.md): models and
+    endpoints added, removed, changed; keys and limits; unchanged endpoints untouched.  An
+    invalid file changes nothing: ``{"ok": false, "error": ...}``, logged and counted."""
+    state = app.state
+    router = state.router
+    if router is None or state.draining:
+        return {"ok": False, "error": "the gateway is not running"}
+    async with router.reload_lock:
+        old = state.config
+        try:
+            new = _read(old, app.services)
+            keys = KeyStore(new, previous=state.keys)  # an unreadable key file: nothing changes
+        except ConfigError as exc:
+            state.metrics.config_reloads.labels("error").inc()
+            log.error(
+                "config not reloaded (keys not reloaded); the previous ones stay",
+                extra={"error": exc.message},
+            )
+            return {"ok": False, "error": exc.message, "version": config_version(old)}
+        supervised: dict[str, list[str]] = {}
+        if app.services.supervisor is not None:
+            supervised = await app.services.supervisor.apply(new)  # first: the router's new pools find them
+        models = await router.apply(new)
+        state.config = new
+        state.keys = keys
+        version = config_version(new)
+        state.metrics.config_loaded(version, config_version(old))
+        state.metrics.config_reloads.labels("ok").inc()
+        restart = [name for name in _RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+        result = {
+            "ok": True,
+            "version": version,
+            "models": models,
+            "endpoints": supervised,
+            "needs_restart": restart,
+        }
+        log.info(
+            "config reloaded, keys reloaded", extra={"version": version, "models": models, "keys": keys.count}
+        )
+        return result
+
+
+def _read(old: Config, services: Services) -> Config:
+    if old.source.startswith("<"):
+        raise ConfigError(f"{old.source}: there is no config file to read again")
+    new = load_config(old.source)
+    # served where it was bound (serve.bound): host and port are not reloadable
+    server = new.server.model_copy(update={"host": old.server.host, "port": old.server.port})
+    new = new.model_copy(update={"server": server})
+    problem = self_loop(new.models, server.host, server.port)
+    if problem:
+        raise ConfigError(f"{new.source}: {problem}")
+    if services.supervisor is None and needs_supervisor(new):
+        raise ConfigError(f"{new.source}: a launched endpoint was added: restart the gateway to supervise it")
+    return new

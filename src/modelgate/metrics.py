@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LIFECYCLE_STATES = ("starting", "ready", "degraded", "restarting", "failed", "stopped")
+LOAD_STATES = ("loaded", "idle", "loading", "unloading", "unloaded")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -212,6 +213,40 @@ class Metrics:
             "modelgate_model_load_failures", "Failed loads of a local model", ["model"], registry=r
         )
 
+        # models on demand and fallbacks (router/demand.py, router/fallback.py)
+        self.fallbacks = Counter(
+            "modelgate_fallbacks", "Requests served by a fallback model", ["model", "fallback"], registry=r
+        )
+        self.model_load = Gauge(
+            "modelgate_model_load_state",
+            "1 for a model's current load state (loaded, idle, loading, unloading, unloaded)",
+            ["model", "state"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "modelgate_model_load_seconds", "How long the model's last load took", ["model"], registry=r
+        )
+        self.model_loads = Gauge("modelgate_model_loads", "Loads of a model on demand", ["model"], registry=r)
+        self.model_unloads = Gauge(
+            "modelgate_model_unloads", "Unloads of a model on demand", ["model"], registry=r
+        )
+        self.memory_used = Gauge(
+            "modelgate_memory_used_gib", "Memory the loaded models take, per device", ["device"], registry=r
+        )
+        self.memory_budget = Gauge(
+            "modelgate_memory_budget_gib", "Memory budget per device", ["device"], registry=r
+        )
+        self.evictions = Gauge(
+            "modelgate_model_evictions", "Idle models unloaded to make room", [], registry=r
+        )
+        self.config_reloads = Counter(
+            "modelgate_config_reloads",
+            "Config reloads (ok, or error: nothing changed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.config_info = Gauge("modelgate_config_info", "1 for the config in use", ["version"], registry=r)
+
         self._children: dict[tuple[str, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -249,6 +284,29 @@ class Metrics:
                 self.child(self.lifecycle, model, url, state).set(1 if ep.get("state") == state else 0)
             if ep.get("last_exit_code") is not None:
                 self.child(self.exit_code, model, url).set(ep["last_exit_code"])
+
+    def fallback(self, model: str, fallback: str) -> None:
+        self.fallbacks.labels(model, fallback).inc()
+
+    def models(self, snapshot: dict[str, Any]) -> None:
+        """Mirror the router's load states and memory budget (read at scrape time)."""
+        for model, view in snapshot.get("models", {}).items():
+            for state in LOAD_STATES:
+                self.child(self.model_load, model, state).set(1 if view.get("state") == state else 0)
+            if view.get("load_s") is not None:
+                self.child(self.model_load_seconds, model).set(view["load_s"])
+            self.child(self.model_loads, model).set(view.get("loads") or 0)
+            self.child(self.model_unloads, model).set(view.get("unloads") or 0)
+        for device, mem in snapshot.get("resources", {}).items():
+            self.child(self.memory_used, device).set(mem.get("used_gib") or 0)
+            if mem.get("budget_gib") is not None:
+                self.child(self.memory_budget, device).set(mem["budget_gib"])
+        self.evictions.set(snapshot.get("evictions") or 0)
+
+    def config_loaded(self, version: str, previous: str | None) -> None:
+        if previous is not None and previous != version:
+            self.config_info.labels(previous).set(0)
+        self.config_info.labels(version).set(1)
 
     def key_limits(self, refused: dict[str, dict[str, int]]) -> None:
         """Mirror the keys' refusal counts (read at scrape time, never kept twice)."""

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from modelgate.api.app import App
 from modelgate.api.auth import KeyStore
 from modelgate.api.middleware import State
 from modelgate.config import Config, self_loop
@@ -79,11 +80,23 @@ async def run_server(config: Config, host: str, port: int, *, reuse_port: bool =
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_keys, app.state)
+        reloads: set[asyncio.Task[Any]] = set()
+        loop.add_signal_handler(signal.SIGHUP, on_sighup, app, reloads)
         await stop.wait()
         log.info("draining", extra={"timeout_s": config.server.drain_timeout_s})
         app.state.draining = True
     log.info("stopped")
+
+
+def on_sighup(app: App, pending: set[asyncio.Task[Any]]) -> None:
+    """SIGHUP: the whole config file read again and applied (docs/ondemand.md); with no
+    file (the embedded default), the key files only."""
+    if app.reload is None or app.state.config.source.startswith("<"):
+        reload_keys(app.state)
+        return
+    task = asyncio.get_running_loop().create_task(app.reload(), name="config reload")
+    pending.add(task)
+    task.add_done_callback(pending.discard)
 
 
 def reload_keys(state: State) -> None:

@@ -44,6 +44,16 @@ class Supervision(Protocol):
 
     def snapshot(self) -> list[dict[str, Any]]: ...
 
+    async def launch(self, url: str) -> None:
+        """Start one endpoint of a model on demand."""
+
+    async def halt(self, url: str) -> None:
+        """Stop it again (idle, or making room)."""
+
+    async def apply(self, config: Any) -> dict[str, list[str]]:
+        """A reloaded config: keep what did not change, stop what went, start what came."""
+        ...
+
     async def stop(self) -> None: ...
 
 
@@ -63,6 +73,7 @@ class Events(Gauges, Protocol):
     def queue_depth(self, model: str, depth: int) -> None: ...
     def attempt(self, model: str, url: str, outcome: str) -> None: ...
     def load_failure(self, model: str) -> None: ...
+    def fallback(self, model: str, fallback: str) -> None: ...
 
 
 @dataclass

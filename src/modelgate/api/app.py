@@ -5,8 +5,9 @@ lifespan around what it runs on (the router, built by ``modelgate.gateway``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from modelgate.api import anthropic_routes, openai_routes, ops, responses_routes
 from modelgate.api.auth import KeyStore
@@ -35,6 +36,8 @@ class App:
         self.services = services
         self.routes = routes
         self._start = start
+        # read the config file again and apply it (set by ``modelgate.gateway``); its report
+        self.reload: Callable[[], Coroutine[Any, Any, dict[str, Any]]] | None = None
 
     def handle(self, request: Request) -> Awaitable[Response | StreamResponse]:
         handler, request.match_info = self.routes.lookup(request.method, request.path)

@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 
 from modelgate.api.middleware import Routes, State, require_access, state_of
-from modelgate.api.streaming import KeepAlive, fail_stream, stream_sse
+from modelgate.api.streaming import KeepAlive, fail_stream, sse_response, stream_sse
 from modelgate.errors import InvalidRequest, ShuttingDown, UnsupportedMediaType
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.router.router import ModelHandle, Router
@@ -58,8 +58,9 @@ def _model(router: Router, request: Request, body: Any) -> ModelHandle:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-    handle = router.resolve(name)
     info = request.info
+    principal = info.principal
+    handle = router.resolve(name, principal.may_use if principal is not None else None)
     require_access(info.principal, handle.model.id, name)
     info.serve(handle.model.id)
     return handle
@@ -92,12 +93,19 @@ async def _generate(request: Request, *, kind: str) -> Response | StreamResponse
     if info.state.tracing is not None:
         info.finish_reasons = agg.finish_reasons()
     created = int(time.time())
+    name = _served_name(handle, body)
     data = (
-        agg.chat_body(out_id, body["model"], created)
-        if kind == "chat"
-        else agg.completion_body(out_id, body["model"], created)
+        agg.chat_body(out_id, name, created) if kind == "chat" else agg.completion_body(out_id, name, created)
     )
-    return Response(body=orjson.dumps(data))
+    return Response(body=orjson.dumps(data), headers={SERVED_HEADER: handle.served})
+
+
+SERVED_HEADER = "x-modelgate-model"
+
+
+def _served_name(handle: ModelHandle, body: dict[str, Any]) -> str:
+    """The answer's ``model``: the client's name, or the fallback's id when another served."""
+    return str(body["model"]) if handle.served == handle.model.id else handle.served
 
 
 async def _stream(
@@ -121,8 +129,15 @@ async def _stream(
             return keepalive.response
         await keepalive.stop()
         info.first_token()
+        resp = keepalive.response
+        if resp is None:  # the head is still ours to write: it names the model that served
+            resp = sse_response(info.rid)
+            resp.headers[SERVED_HEADER] = handle.served
+            await resp.prepare(request)
+        if handle.served != handle.model.id:
+            client_model = handle.served
         renderer = render.ChunkRenderer(req, out_id, client_model)
-        return await stream_sse(request, req, gen, first, renderer, keepalive.response)
+        return await stream_sse(request, req, gen, first, renderer, resp)
     finally:
         await gen.aclose()
 
@@ -143,13 +158,14 @@ async def embeddings(request: Request) -> Response | StreamResponse:
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")
     req = convert.embedding_request(body, model, info.state.config.limits, info.rid)
     result = await handle.embed(req)
+    served = _served_name(handle, body)
     if req.dimensions is not None:
         if any(len(v) < req.dimensions for v in result.vectors):
             raise InvalidRequest("dimensions is larger than the model's embedding size.", param="dimensions")
         result = type(result)(tuple(v[: req.dimensions] for v in result.vectors), result.prompt_tokens)
     info.usage = Usage(result.prompt_tokens, 0)
-    data = render.embedding_body(result, body["model"], body.get("encoding_format") or "float")
-    return Response(body=orjson.dumps(data))
+    data = render.embedding_body(result, served, body.get("encoding_format") or "float")
+    return Response(body=orjson.dumps(data), headers={SERVED_HEADER: handle.served})
 
 
 async def list_models(request: Request) -> Response:

@@ -104,6 +104,8 @@ async def metrics(request: Request) -> Response:
     state.metrics.key_limits(state.keys.limited())
     state.metrics.key_usage_totals(state.keys.store.local_usage())
     state.metrics.state_store(state.keys.store.status())
+    if state.router is not None:
+        state.metrics.models(state.router.load_snapshot())
     return Response(state.metrics.render(), content_type=state.metrics.content_type)
 
 
@@ -120,7 +122,17 @@ async def admin_endpoints(request: Request) -> Response:
         if m.id in storage:
             entry["storage"] = storage[m.id]
         models.append(entry)
-    return _json({"models": models})
+    resources = state.router.load_snapshot()["resources"] if state.router is not None else {}
+    return _json({"models": models, "resources": resources})
+
+
+async def admin_reload(request: Request) -> Response:
+    """Read the config file again and apply the difference; 422 with why when it is invalid."""
+    reload = request.app.reload
+    if reload is None:
+        return _json({"ok": False, "error": "this app cannot reload its config"}, status=501)
+    result = await reload()
+    return _json(result, status=200 if result.get("ok") else 422)
 
 
 async def admin_keys(request: Request) -> Response:
@@ -169,4 +181,5 @@ def register(routes: Routes) -> None:
     routes.get("/admin/endpoints", admin_endpoints)
     routes.get("/admin/keys", admin_keys)
     routes.get("/admin/usage", admin_usage)
+    routes.post("/admin/reload", admin_reload)
     routes.get("/openapi.json", openapi)

@@ -26,6 +26,9 @@ class RouterEvents(Protocol):
     def attempt(self, model: str, url: str, outcome: str) -> None:
         """One upstream attempt finished: ``ok``, an error code, or ``cancelled``."""
 
+    def fallback(self, model: str, fallback: str) -> None:
+        """A request for ``model`` was served by ``fallback`` (router/fallback.py)."""
+
 
 class NullEvents:
     """The default: records nothing."""
@@ -43,6 +46,9 @@ class NullEvents:
         pass
 
     def attempt(self, model: str, url: str, outcome: str) -> None:
+        pass
+
+    def fallback(self, model: str, fallback: str) -> None:
         pass
 
 

@@ -70,7 +70,7 @@ class EndpointPool:
 
     async def start(self) -> None:
         factory = self._factory or backend_factory(self.model.backend)
-        if self.model.in_process:
+        if self.model.in_process and self.model.load == "at_start":  # on demand: attach_local
             # the engine batches max_batch_size requests; more wait in the bounded queue
             capacity = self.model.max_batch_size
             self._add(f"local://{self.model.id}", factory(self.model, None, self._ctx), None, capacity)
@@ -93,6 +93,49 @@ class EndpointPool:
                 capacity=capacity,
             )
         )
+
+    # --- on demand (router/demand.py decides when) -------------------------------------
+
+    def attach_local(self) -> Any:
+        """Make the in-process backend (it starts loading) and take it into the pool."""
+        factory = self._factory or backend_factory(self.model.backend)
+        backend = factory(self.model, None, self._ctx)
+        self._add(f"local://{self.model.id}", backend, None, self.model.max_batch_size)
+        self.endpoints[-1].set_active("healthy")  # requests wait in the backend for the load
+        return backend
+
+    async def detach_local(self) -> None:
+        """Take the in-process backend out (nothing is in flight on it) and close it."""
+        url = f"local://{self.model.id}"
+        gone = [e for e in self.endpoints if e.url == url]
+        self.endpoints[:] = [e for e in self.endpoints if e.url != url]  # the same list everywhere
+        for ep in gone:
+            await ep.backend.close()
+
+    def readmit(self, url: str) -> None:
+        """A launched endpoint the supervisor just found ready: traffic now, not at the next probe."""
+        for e in self.endpoints:
+            if e.url == url:
+                e.half_open = False
+                e.ejected_until = 0.0
+                e.set_active("healthy", readmit=True)
+                e.wakeup.set()
+
+    def stats(self) -> dict[str, Any]:
+        """The in-process backend's engine figures (empty when there is none)."""
+        for e in self.endpoints:
+            if self.model.in_process and hasattr(e.backend, "stats"):
+                return dict(e.backend.stats())
+        return {}
+
+    @property
+    def served(self) -> str:
+        return self.model.id
+
+    @property
+    def busy(self) -> bool:
+        """Requests in flight on it or waiting in its queue (a retired pool closes when not)."""
+        return self._queue.depth > 0 or any(e.in_flight for e in self.endpoints)
 
     async def close(self) -> None:
         for deadlines in (self._deadlines, self._first_token, self._idle):

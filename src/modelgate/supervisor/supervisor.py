@@ -98,6 +98,8 @@ class Supervisor:
         self._endpoints: dict[str, SupervisedEndpoint] = {}
         for model, ep, spec in specs:
             self._endpoints[ep.url] = self._endpoint(model, ep, spec)
+        # endpoints of models loaded on demand: started by launch(), stopped by halt()
+        self._on_demand = {ep.url for m, ep, _ in specs if m.load == "on_demand"}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._http: UpstreamClient | None = None
@@ -185,11 +187,76 @@ class Supervisor:
         self._http = UpstreamClient()
         await self.reap(initial=True)
         for url, ep in self._endpoints.items():
+            if url in self._on_demand:
+                ep.lc.stopped(self._clock())  # launched by the first request (launch())
+                continue
             if not await self._attach_volume(ep):
                 ep.lc.state = "failed"
                 continue
             self._tasks[url] = asyncio.create_task(self._guard(ep), name=f"supervisor-{url}")
         self._reaper = asyncio.create_task(self._reap_forever(), name="supervisor-reaper")
+
+    async def launch(self, url: str) -> None:
+        """Start one endpoint now (a model on demand); nothing when it runs already."""
+        task = self._tasks.get(url)
+        if task is not None and not task.done():
+            return
+        ep = self._endpoints[url]
+        if not await self._attach_volume(ep):
+            return  # its lifecycle says why
+        ep.lc.crash_count = 0  # a fresh start, not a restart of a crash loop
+        ep.lc.state = "starting"
+        self._tasks[url] = asyncio.create_task(self._guard(ep), name=f"supervisor-{url}")
+
+    async def halt(self, url: str) -> None:
+        """Stop one endpoint (its child stopped, state ``stopped``) until launch() again."""
+        task = self._tasks.pop(url, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        ep = self._endpoints[url]
+        try:
+            await ep.stop()
+        except ModelGateError as exc:
+            log.error("supervisor: stopping %s: %s", url, exc.message)
+
+    async def apply(self, config: Config) -> dict[str, list[str]]:
+        """A reloaded config: endpoints whose launch (and model) did not change keep running
+        untouched; removed or changed ones are stopped; new ones start (on-demand ones
+        wait for their first request)."""
+        specs = {ep.url: (m, ep, spec) for m, ep, spec in supervised(config)}
+        on_demand = {ep.url for m, ep, _ in specs.values() if m.load == "on_demand"}
+        diff: dict[str, list[str]] = {"started": [], "stopped": [], "kept": []}
+        for url, ep in list(self._endpoints.items()):
+            new = specs.get(url)
+            if (
+                new is not None
+                and new[2] == ep.spec
+                and new[0].id == ep.model_id
+                and ((url in on_demand) == (url in self._on_demand))
+            ):
+                diff["kept"].append(url)
+                continue
+            await self.halt(url)
+            del self._endpoints[url]
+            diff["stopped"].append(url)
+        self._config = config
+        self._on_demand = on_demand
+        if self._api is None and any(spec.kind == "container" for _, _, spec in specs.values()):
+            self._api = DockerApi(config.supervisor.docker_url)
+        if specs and not self._lock.held:
+            self._lock.acquire()
+            self._http = UpstreamClient()
+        for url, (m, ep_cfg, spec) in specs.items():
+            if url in self._endpoints:
+                continue
+            ep = self._endpoints[url] = self._endpoint(m, ep_cfg, spec)
+            if url in on_demand:
+                ep.lc.stopped(self._clock())
+            else:
+                await self.launch(url)
+            diff["started"].append(url)
+        return diff
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """True once every endpoint is ready (for tests, benches and ``check``)."""
