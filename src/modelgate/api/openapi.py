@@ -69,6 +69,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "AdminKeys", _KEYED),
     Operation("get", "/admin/usage", "Usage per key name x model x UTC day (admin key; ?key=&model=&days=)",
               "admin", "AdminUsage", (400, 503, *_KEYED)),
+    Operation("post", "/admin/reload", "Apply the config file again (admin key; 422: invalid, nothing changed)",
+              "admin", "Reload", (422, 501, *_KEYED), error="ReloadError"),
     Operation("get", "/openapi.json", "This document", "key", "OpenAPI", _KEYED),
 )  # fmt: skip
 
@@ -85,6 +87,8 @@ _STATUS_TEXT = {
     502: "Bad upstream answer, unreachable or misconfigured upstream",
     503: "No healthy endpoint, overloaded, shutting down, or not ready (Retry-After)",
     504: "Upstream timeout",
+    422: "The new config is invalid: nothing changed (the body says why)",
+    501: "This app cannot reload its config (no config file)",
     529: "Overloaded: no healthy endpoint, every endpoint busy, shutting down (Anthropic's status for 503)",
 }
 
@@ -429,6 +433,13 @@ SCHEMAS: dict[str, Callable[[Context], dict[str, Any]]] = {
             totals={"type": "object", "additionalProperties": {"type": "integer"}},
         )
     ),
+    "Reload": _static(
+        _obj(["ok"], ok={"type": "boolean"}, error={"type": "string"}, version={"type": "string"})
+    ),
+    # 422/501: the reload's own answer; 401/403/429: the usual error
+    "ReloadError": _static(
+        {"anyOf": [{"$ref": "#/components/schemas/Reload"}, {"$ref": "#/components/schemas/Error"}]}
+    ),
     "OpenAPI": _static(_obj(["openapi", "info", "paths"], openapi={"type": "string"})),
     "AnthropicError": _static(
         _obj(
@@ -548,7 +559,7 @@ def document(config: Config) -> dict[str, Any]:
 @lru_cache(maxsize=4)
 def _document(ctx: Context) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    used = {"Error"}
+    used = {"Error", "Reload"}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, ctx)
         used.update(n for n in (op.request, op.response, op.error) if n is not None)

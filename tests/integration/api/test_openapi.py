@@ -19,16 +19,18 @@ from xml.etree import ElementTree
 
 import aiohttp
 import pytest
+import yaml
 from openapi_spec_validator import validate
 from tests.integration.api.conftest import ADMIN_KEY, API_KEY
 from tests.integration.fakes import tgi
 from tests.integration.fakes.core import FakeServer, Faults
 from tests.integration.fakes.harness import write_tokenizer_dir
-from tests.support.gateway import make_config, running_app
+from tests.support.gateway import running_app
 from tests.support.openai_upstream import FakeOpenAI
 
 from modelgate.api import auth
 from modelgate.api.app import App
+from modelgate.config import load_config
 from modelgate.gateway import build_gateway
 
 # Failures that belong to open issues being fixed elsewhere, by a text of their answer.
@@ -95,9 +97,14 @@ async def served(
     monkeypatch.setattr(auth, "FAILURES_PER_MINUTE", 1 << 30, raising=False)
     fake_tgi = await FakeServer(tgi.make_app(Faults(tokens=3))).start()
     upstream = await FakeOpenAI().start()
-    config = make_config(
-        config_raw(demo_model, write_tokenizer_dir(tmp_path / "tok"), fake_tgi.url, upstream)
-    )
+    raw = {
+        "health": {"interval_s": 0.2, "timeout_s": 1},
+        **config_raw(demo_model, write_tokenizer_dir(tmp_path / "tok"), fake_tgi.url, upstream),
+    }
+    # a real file, so that POST /admin/reload reads it again (and finds nothing changed)
+    path = tmp_path / "modelgate.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(str(path), environ={})
     app = build_gateway(config)
     try:
         async with running_app(app) as base:
