@@ -21,9 +21,11 @@ from typing import Any
 from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import SEGMENT_CHARS, count_up_to
 from modelgate.config import EndpointConfig, ModelConfig
+from modelgate.engine import structured
 from modelgate.engine.runtime import LoadFailure, LocalModel, load_local_model
 from modelgate.engine.sampling import SamplingConfig
 from modelgate.engine.sequence import SeqParams, TokenEvent
+from modelgate.engine.tools import ToolCallParser
 from modelgate.errors import InvalidRequest, ModelNotReady
 from modelgate.supervisor.state import Backoff
 from modelgate.types import (
@@ -52,16 +54,12 @@ def sampling_config(s: SamplingParams, index: int = 0) -> SamplingConfig:
 def unsupported_param(request: GenerationRequest) -> str | None:
     """The first parameter this engine cannot honour, if any."""
     s = request.sampling
-    fmt = (request.response_format or {}).get("type", "text")
     checks = (
-        ("tools", bool(request.tools)),
-        ("tool_choice", request.tool_choice not in (None, "none", "auto")),
         ("logprobs", s.logprobs),
         ("top_logprobs", bool(s.top_logprobs)),
         ("presence_penalty", bool(s.presence_penalty)),
         ("frequency_penalty", bool(s.frequency_penalty)),
-        ("response_format", fmt != "text"),
-        ("messages", any(m.parts or m.tool_calls for m in request.messages)),
+        ("messages", any(m.parts for m in request.messages)),
     )
     return next((name for name, bad in checks if bad), None)
 
@@ -158,6 +156,7 @@ class LocalBackend:
             )
         if request.kind == "chat" and self._local is not None:
             self._local.require_chat_template()
+        structured.plan(request)  # response_format, tools, tool_choice: a 400 naming the param
 
     async def complete(self, request: GenerationRequest) -> list[Chunk]:
         return await collect(self.generate(request))
@@ -170,17 +169,31 @@ class LocalBackend:
         # never on the event loop (the fast tokenizer lets go of the GIL meanwhile)
         prompt = await asyncio.to_thread(_prompt_ids, local, request, engine.loaded.max_context)
         max_new = engine.max_new_tokens(len(prompt), request.sampling.max_tokens)
+        n = max(1, request.sampling.n)
+        shape = structured.plan(request)
+        # compiled off the loop (milliseconds to seconds for a large schema; cached after)
+        constraints = (
+            await asyncio.to_thread(structured.constraints, local, shape, n)
+            if shape.constrained
+            else [None] * n
+        )
         seqs = [
             engine.submit(
                 prompt,
                 SeqParams(max_new, sampling_config(request.sampling, i), tuple(request.sampling.stop)),
+                constraints[i],
             )
-            for i in range(max(1, request.sampling.n))
+            for i in range(n)
         ]
+        parsers = [local.tool_format.parser() for _ in seqs] if shape.parses_tools else None
         completion = 0
         try:
             async for index, event in _merge([engine.events(s) for s in seqs]):
                 completion += len(event.token_ids)
+                if parsers is not None:
+                    for chunk in _tool_chunks(parsers[index], index, event):
+                        yield chunk
+                    continue
                 yield Chunk(
                     index=index,
                     text=event.text,
@@ -263,6 +276,24 @@ def _prompt_ids(local: LocalModel, request: GenerationRequest, context: int) -> 
                 code="context_length_exceeded",
             )
     return local.prompt_ids(request)
+
+
+def _tool_chunks(parser: ToolCallParser, index: int, event: TokenEvent) -> list[Chunk]:
+    """One event's chunks with tool calls parsed out: content, then each call's deltas
+    (OpenAI's shape: id, type and name first, then the arguments), then the finish
+    (``tool_calls`` when calls were made)."""
+    text, deltas = parser.feed(event.text)
+    finish = event.finish_reason
+    if finish is not None:
+        rest, more = parser.finish()
+        text, deltas = text + rest, deltas + more
+        if finish == "stop" and parser.calls:
+            finish = "tool_calls"
+    out = [Chunk(index=index, text=text)] if text else []
+    out += [Chunk(index=index, tool_calls=(d,)) for d in deltas]
+    if finish is not None:
+        out.append(Chunk(index=index, finish_reason=finish, token_ids=event.token_ids))  # type: ignore[arg-type]
+    return out
 
 
 def _preloaded(ctx: BackendContext, model_id: str) -> LocalModel | None:

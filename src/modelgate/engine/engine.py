@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from modelgate.engine import constrained
 from modelgate.engine.batching import BatchLimits, BatchScheduler
+from modelgate.engine.grammar import Constraint
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
 from modelgate.engine.sampling import make_generator, sample_batch
@@ -105,7 +107,9 @@ class Engine:
             )
         return room if requested is None else requested
 
-    def submit(self, prompt_ids: list[int], params: SeqParams) -> Sequence:
+    def submit(
+        self, prompt_ids: list[int], params: SeqParams, constraint: Constraint | None = None
+    ) -> Sequence:
         if self._stopping:
             raise ShuttingDown("the engine is shutting down", retry_after=1)
         seq = Sequence(
@@ -122,6 +126,7 @@ class Engine:
                 param="max_tokens",
             )
         seq.generator = make_generator(params.sampling, self.loaded.device)
+        seq.constraint = constraint  # the grammar its output must follow (engine/constrained.py)
         with self._cv:
             self._inbox.append(seq)
             self._cv.notify()
@@ -255,7 +260,9 @@ class Engine:
     ) -> None:
         cfgs = [s.params.sampling for s in seqs]
         seen = [self._seen(s) for s in seqs]
+        constrained.mask(seqs, logits)
         tokens = sample_batch(logits, cfgs, [s.generator for s in seqs], seen)
+        constrained.advance(seqs, tokens)
         for seq, token in zip(seqs, tokens, strict=True):
             if seq.cancelled:
                 continue

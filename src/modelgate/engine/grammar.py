@@ -30,7 +30,7 @@ import torch
 
 from modelgate.errors import InvalidRequest
 
-Kind = Literal["json_object", "json_schema", "regex"]
+Kind = Literal["json_object", "json_schema", "regex", "ebnf"]
 _CACHE = 64  # compiled grammars kept per model
 
 
@@ -54,12 +54,15 @@ class Grammars:
     """Compiled grammars for one model's tokenizer (thread-safe: requests are admitted
     on the event loop's thread pool, steps run on the engine's thread)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int] | None = None) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
         self.vocab_size = vocab_size
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        # the model's end tokens (generation_config's), which the grammar allows at its end
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids
+        )
         # xgrammar's JSON strings admit control characters (only \r and \n are refused);
         # JSON does not (RFC 8259 7, and Python's json.loads): tokens holding a byte below
         # 0x20 are cleared from every JSON row's mask (no free whitespace is asked for)
@@ -94,11 +97,13 @@ class Grammars:
             return c.compile_json_schema('{"type": "object"}', any_whitespace=False)
         if spec.kind == "json_schema":
             return c.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+        if spec.kind == "ebnf":  # tool calls (engine/tools.py): literal newlines, no keep mask
+            return c.compile_grammar(spec.source)
         return c.compile_regex(spec.source)
 
     def constraint(self, spec: GrammarSpec) -> Constraint:
-        keep = self.json_keep if spec.kind != "regex" else None
-        return Constraint(self._xgr.GrammarMatcher(self.compile(spec)), keep)
+        keep = self.json_keep if spec.kind in ("json_object", "json_schema") else None
+        return Constraint(self._xgr.GrammarMatcher(self.compile(spec)), keep, self)
 
     def allocate(self, rows: int) -> torch.Tensor:
         return self._xgr.allocate_token_bitmask(rows, self.vocab_size)
@@ -111,11 +116,12 @@ class Grammars:
 class Constraint:
     """One sequence's matcher."""
 
-    __slots__ = ("_keep", "_matcher")
+    __slots__ = ("_keep", "_matcher", "grammars")
 
-    def __init__(self, matcher: Any, keep: torch.Tensor | None) -> None:
+    def __init__(self, matcher: Any, keep: torch.Tensor | None, grammars: Grammars) -> None:
         self._matcher = matcher
         self._keep = keep
+        self.grammars = grammars
 
     def fill(self, mask: torch.Tensor, row: int) -> None:
         """This sequence's allowed next tokens into ``mask[row]`` (a packed bitmask)."""

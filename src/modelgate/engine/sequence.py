@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelgate.engine.detok import Decode, IncrementalDetokenizer
+from modelgate.engine.grammar import Constraint
 from modelgate.engine.sampling import SamplingConfig
 from modelgate.engine.stops import StopMatcher
 
@@ -65,6 +66,7 @@ class Sequence:
         self.loop = loop
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.generator: Any = None
+        self.constraint: Constraint | None = None  # set by Engine.submit
         self.finished = False
         self._cancelled = False
         # Output not yet handed to the event loop, and the step it was last handed at.
