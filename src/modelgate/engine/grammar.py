@@ -21,6 +21,7 @@ unbounded strings ends when the model closes them or at ``max_tokens``
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class Grammars:
         try:
             compiled = self._compile(spec)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError with the reason
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            reason = compile_reason(exc)
             raise InvalidRequest(
                 f"The {spec.param} cannot be used for constrained decoding: {reason}", param=spec.param
             ) from None
@@ -137,6 +138,14 @@ class Constraint:
     def done(self) -> bool:
         """The output is complete (the grammar accepted its end)."""
         return bool(self._matcher.is_terminated())
+
+
+def compile_reason(exc: BaseException) -> str:
+    """xgrammar's message without its log prefix (time, C++ source file and line)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", text.splitlines()[0])[:300]
 
 
 def _keep_mask(decoded_vocab: list[bytes], vocab_size: int, mask: torch.Tensor) -> torch.Tensor:

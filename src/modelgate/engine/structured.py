@@ -5,6 +5,7 @@ loop (cheap); ``constraints`` compiles its grammar (blocking: run it in a thread
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,34 @@ def response_format_spec(fmt: Mapping[str, Any] | None) -> GrammarSpec | None:
     raise InvalidRequest(
         "response_format.type must be text, json_object or json_schema.", param="response_format"
     )
+
+
+def tgi_grammar_spec(grammar: Mapping[str, Any] | None) -> GrammarSpec | None:
+    """TGI's ``grammar``: ``{"type": "json", "value": schema}`` (an object or its JSON
+    text), ``{"type": "json_schema", "value": {"name", "schema"}}`` or
+    ``{"type": "regex", "value": "..."}``."""
+    if grammar is None:
+        return None
+    kind, value = grammar.get("type"), grammar.get("value")
+    if kind == "json_schema" and isinstance(value, Mapping):
+        kind, value = "json", value.get("schema")
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise InvalidRequest("grammar.value is not JSON.", param="grammar") from None
+        return GrammarSpec.json_schema(value, param="grammar")
+    if kind == "regex" and isinstance(value, str) and value:
+        return GrammarSpec("regex", value, param="grammar")
+    raise InvalidRequest("grammar must be {type: json|json_schema|regex, value}.", param="grammar")
+
+
+def compile_one(local: LocalModel, spec: GrammarSpec) -> Constraint:
+    """One constraint (blocking); InvalidRequest naming ``spec.param`` if it cannot compile."""
+    grammars = local.grammars()
+    grammars.compile(spec)
+    return grammars.constraint(spec)
 
 
 def plan(request: GenerationRequest) -> Structure:

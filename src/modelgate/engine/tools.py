@@ -160,7 +160,9 @@ def call_grammar(plan: ToolPlan, fmt: ToolFormat) -> str:
     try:
         one = xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        from modelgate.engine.grammar import compile_reason
+
+        reason = compile_reason(exc)
         raise InvalidRequest(
             f"a tool's parameters cannot be used for constrained decoding: {reason}", param="tools"
         ) from None

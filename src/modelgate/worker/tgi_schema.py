@@ -55,7 +55,6 @@ class GenerateParameters(BaseModel):
             ("top_n_tokens", bool(self.top_n_tokens)),
             ("typical_p", self.typical_p is not None and self.typical_p < 1.0),
             ("watermark", self.watermark),
-            ("grammar", self.grammar is not None),
             ("adapter_id", bool(self.adapter_id)),
             ("frequency_penalty", bool(self.frequency_penalty)),
         )
