@@ -232,10 +232,10 @@ class ToolCallParser:
                 at = self._buf.find(self.fmt.start)
                 if at < 0:
                     keep = _partial_suffix(self._buf, self.fmt.start)
-                    content.append(self._buf[: len(self._buf) - keep])
+                    content.append(self._content(self._buf[: len(self._buf) - keep]))
                     self._buf = self._buf[len(self._buf) - keep :]
                     break
-                content.append(self._buf[:at])
+                content.append(self._content(self._buf[:at]))
                 self._buf, self._inside = self._buf[at + len(self.fmt.start) :], True
             else:
                 at = self._buf.find(self.fmt.end)
@@ -244,7 +244,7 @@ class ToolCallParser:
                 body, self._buf, self._inside = self._buf[:at], self._buf[at + len(self.fmt.end) :], False
                 if not self._add(body):
                     content.append(self.fmt.start + body + self.fmt.end)
-        return self._content("".join(content)), self._take()
+        return "".join(content), self._take()
 
     def finish(self) -> tuple[str, list[dict[str, Any]]]:
         """What is left at the end of the output (an unclosed call is parsed if it can be)."""
