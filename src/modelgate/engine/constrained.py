@@ -39,7 +39,7 @@ def advance(seqs: Seq[Constrained], tokens: Seq[int]) -> None:
         c = seq.constraint
         if c is None:
             continue
-        if c.done or not c.accept(token):
-            # the end token after the grammar's end (or, with ignore_eos, past it): no
-            # more constraint to keep
+        if not c.accept(token) or c.done:
+            # its end token taken (the row finishes, or with ignore_eos goes on free), or
+            # a token it refused (only when the sampler overrode the mask): nothing to keep
             seq.constraint = None
