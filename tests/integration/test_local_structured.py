@@ -276,3 +276,44 @@ async def test_bad_tool_choice_is_a_400(gateway: str) -> None:
         status, body = await _post(gateway, {"model": "demo", "messages": MSGS, **extra})
         assert status == 400, (extra, body)
         assert body["error"]["param"] == param
+
+
+async def test_completions_take_response_format(gateway: str) -> None:
+    c = oai(gateway)
+    schema = SCHEMAS[1]
+    for seed in range(3):
+        r = await c.completions.create(
+            model="demo",
+            prompt="A person:",
+            max_tokens=300,
+            seed=seed,
+            extra_body={
+                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+            },
+        )
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].text), schema)
+
+
+async def test_constrained_rows_leave_the_others_alone(gateway: str) -> None:
+    """In one batch: free rows (n=2, seeded) next to constrained ones give exactly what
+    they give alone."""
+    import asyncio
+
+    c = oai(gateway)
+    free = {"model": "demo", "messages": MSGS, "max_tokens": 30, "seed": 11, "n": 2}
+    alone = await c.chat.completions.create(**free)  # type: ignore[call-overload]
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMAS[1]}}
+    together = await asyncio.gather(
+        c.chat.completions.create(**free),  # type: ignore[call-overload]
+        *(
+            c.chat.completions.create(
+                model="demo", messages=MSGS, response_format=fmt, max_tokens=300, seed=s, n=2
+            )  # type: ignore[call-overload]
+            for s in range(3)
+        ),
+    )
+    assert [ch.message.content for ch in together[0].choices] == [ch.message.content for ch in alone.choices]
+    for r in together[1:]:
+        for ch in r.choices:
+            jsonschema.validate(json.loads(ch.message.content), SCHEMAS[1])
