@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelgate.errors import InvalidRequest
-from modelgate.types import ChatMessage
+from modelgate.types import ChatMessage, Chunk
 
 FormatName = Literal["hermes", "llama3_json", "mistral"]
 FORMATS: tuple[FormatName, ...] = ("hermes", "llama3_json", "mistral")
@@ -59,6 +60,8 @@ class ToolFormat:
 HERMES = ToolFormat("hermes", "<tool_call>", "</tool_call>", "arguments")
 LLAMA3 = ToolFormat("llama3_json", "", "", "parameters")
 MISTRAL = ToolFormat("mistral", "[TOOL_CALLS]", "", "arguments")
+# a call's JSON alone, ``{"name", "arguments"}`` (forced by a JSON-schema grammar: TGI's)
+BARE_CALL = ToolFormat("llama3_json", "", "", "arguments")
 _BY_NAME: dict[str, ToolFormat] = {f.name: f for f in (HERMES, LLAMA3, MISTRAL)}
 
 
@@ -347,3 +350,27 @@ def _parse_calls(body: str, fmt: ToolFormat) -> list[tuple[str, str]] | None:
             )
         )
     return out
+
+
+async def with_tool_calls(chunks: AsyncIterator[Chunk], parser: ToolCallParser) -> AsyncIterator[Chunk]:
+    """A backend's chunks of one choice with tool calls parsed out of the text: content,
+    each call's deltas, the finish (``tool_calls`` when calls were made); usage as is."""
+    async with aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            if not chunk.text and chunk.finish_reason is None:
+                if chunk.usage is not None or chunk.role is not None:
+                    yield chunk
+                continue
+            text, deltas = parser.feed(chunk.text)
+            finish = chunk.finish_reason
+            if finish is not None:
+                rest, more = parser.finish()
+                text, deltas = text + rest, deltas + more
+                if finish == "stop" and parser.calls:
+                    finish = "tool_calls"
+            if text:
+                yield Chunk(index=chunk.index, text=text, role=chunk.role)
+            for d in deltas:
+                yield Chunk(index=chunk.index, tool_calls=(d,))
+            if finish is not None:
+                yield Chunk(index=chunk.index, finish_reason=finish, usage=chunk.usage)
