@@ -11,7 +11,8 @@ What is supported: ``response_format`` ``json_object`` (any JSON object) and
 ``json_schema`` (xgrammar's JSON Schema subset: types, properties, required,
 additionalProperties, items, prefixItems, enum, const, anyOf/oneOf, $ref/$defs,
 min/max for numbers, minLength/maxLength, minItems/maxItems, pattern, and the common
-formats); TGI's ``grammar`` ``json`` and ``regex``.  A schema xgrammar cannot compile
+formats); TGI's ``grammar`` ``json`` and ``regex``; forced tool calls (``ebnf``: the
+model's call format around a JSON schema per tool, built by ``engine/tools.py``).  A schema xgrammar cannot compile
 is a 400 that names the parameter and quotes its reason.  Output is compact JSON (no
 free whitespace), so that a model cannot spend its budget on blanks; a schema with
 unbounded strings ends when the model closes them or at ``max_tokens``
