@@ -101,7 +101,8 @@ class LocalModel:
         reading the vocabulary takes a while on a large one; call it from a thread)."""
         with self._grammars_lock:
             if self._grammars is None:
-                vocab = int(getattr(self.loaded.model.config, "vocab_size", 0) or len(self.tokenizer))
+                head = self.loaded.model.get_output_embeddings()  # the logits' width
+                vocab = int(head.weight.shape[0]) if head is not None else len(self.tokenizer)
                 eos = sorted(self.loaded.eos_token_ids)
                 self._grammars = Grammars(self.tokenizer, vocab, eos or None)
             return self._grammars
