@@ -184,8 +184,13 @@ async def test_parallel_calls_each_valid(gateway: str) -> None:
     )
     assert status == 200
     openai_spec.validate(body, "CreateChatCompletionResponse")
-    calls = body["choices"][0]["message"]["tool_calls"]
+    choice = body["choices"][0]
+    calls = choice["message"]["tool_calls"]
     assert calls and [c["id"] for c in calls] == list(dict.fromkeys(c["id"] for c in calls))
+    assert choice["finish_reason"] in ("tool_calls", "length")
+    if choice["finish_reason"] == "length":  # the last call was cut short, as OpenAI's are
+        calls = calls[:-1]
+    assert calls
     for call in calls:
         jsonschema.validate(json.loads(call["function"]["arguments"]), PARAMS[call["function"]["name"]])
 

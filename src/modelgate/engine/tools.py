@@ -214,7 +214,10 @@ def new_call_id() -> str:
 class ToolCallParser:
     """Splits one choice's streamed text into content and tool-call deltas, in OpenAI's
     chunk shape: per call, first ``{index, id, type, function: {name, arguments: ""}}``,
-    then ``{index, function: {arguments}}``.  A call is handed on once it is complete."""
+    then ``{index, function: {arguments}}`` fragments.  In a tagged call written name
+    first (Qwen2.5's ``{"name": ..., "arguments": ...``) the name goes out as soon as it
+    is known and the arguments as they come (control characters inside strings escaped,
+    so they always parse); other calls are handed on once complete, as compact JSON."""
 
     fmt: ToolFormat
     calls: int = 0
@@ -223,6 +226,9 @@ class ToolCallParser:
     _started: bool = False  # for formats whose output is the calls: decided at the first text
     _whole: bool = False
     _deltas: list[dict[str, Any]] = field(default_factory=list)
+    _args_at: int = -1  # in a call being streamed: where its arguments start in _buf
+    _args_sent: int = 0  # how many of their characters went out
+    _escaper: _Escaper | None = None
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         """The content to show now and the tool-call deltas complete now."""
@@ -243,9 +249,12 @@ class ToolCallParser:
             else:
                 at = self._buf.find(self.fmt.end)
                 if at < 0:
+                    self._stream_args()
                     break
                 body, self._buf, self._inside = self._buf[:at], self._buf[at + len(self.fmt.end) :], False
-                if not self._add(body):
+                if self._args_at >= 0:
+                    self._close_args(body)
+                elif not self._add(body):
                     content.append(self.fmt.start + body + self.fmt.end)
         return "".join(content), self._take()
 
@@ -260,6 +269,9 @@ class ToolCallParser:
             return rest, []
         if self._inside:
             self._inside = False
+            if self._args_at >= 0:  # cut short (max_tokens): what came of its arguments stays
+                self._close_args(rest)
+                return "", self._take()
             return ("", self._take()) if self._add(rest) else (self.fmt.start + rest, [])
         return self._content(rest), []
 
@@ -280,6 +292,44 @@ class ToolCallParser:
             return "", []
         out, self._buf = self._buf, ""
         return out, []
+
+    def _stream_args(self) -> None:
+        """Inside a tagged call: its head once the name is known, then the arguments
+        that are certain (not what may be the call's closing ``}`` or the end tag)."""
+        if self._args_at < 0:
+            m = _NAME_FIRST.match(self._buf)
+            if m is None:
+                return
+            self._head(json.loads('"' + m.group(1) + '"'))
+            self._args_at, self._args_sent, self._escaper = m.end(), 0, _Escaper()
+        args = self._buf[self._args_at :]
+        hold = _partial_suffix(args, self.fmt.end)
+        certain = args[: len(args) - hold].rstrip()
+        if certain.endswith("}"):
+            certain = certain[:-1]  # maybe the call's own closing brace
+        self._send_args(certain)
+
+    def _close_args(self, body: str) -> None:
+        args = body[self._args_at :].rstrip()
+        self._send_args(args[:-1].rstrip() if args.endswith("}") else args)
+        self._args_at, self._escaper = -1, None
+
+    def _send_args(self, certain: str) -> None:
+        if len(certain) > self._args_sent and self._escaper is not None:
+            piece = self._escaper.escape(certain[self._args_sent :])
+            self._args_sent = len(certain)
+            self._deltas.append({"index": self.calls - 1, "function": {"arguments": piece}})
+
+    def _head(self, name: str) -> None:
+        self._deltas.append(
+            {
+                "index": self.calls,
+                "id": new_call_id(),
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+        )
+        self.calls += 1
 
     def _content(self, text: str) -> str:
         # between and after calls, blank lines are the format's, not content
@@ -304,6 +354,38 @@ class ToolCallParser:
     def _take(self) -> list[dict[str, Any]]:
         out, self._deltas = self._deltas, []
         return out
+
+
+# a tagged call's opening, name first: ``{"name": "...", "arguments": `` (Qwen2.5, the demo model)
+_NAME_FIRST = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+
+class _Escaper:
+    """Control characters inside JSON strings as ``\\uXXXX`` (raw, JSON forbids them),
+    across fragments."""
+
+    __slots__ = ("_escaped", "_in_string")
+
+    def __init__(self) -> None:
+        self._in_string = False
+        self._escaped = False
+
+    def escape(self, text: str) -> str:
+        out = []
+        for ch in text:
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif ch == "\\":
+                    self._escaped = True
+                elif ch == '"':
+                    self._in_string = False
+                elif ch < " ":
+                    ch = f"\\u{ord(ch):04x}"
+            elif ch == '"':
+                self._in_string = True
+            out.append(ch)
+        return "".join(out)
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -204,3 +204,18 @@ def test_history_for_templates_has_arguments_as_objects() -> None:
     )
     assert out[0]["tool_calls"][0]["function"] == {"name": "f", "arguments": {"a": 1}}
     assert out[1] == {"role": "tool", "content": "2", "tool_call_id": "call_1"}
+
+
+def test_streamed_name_first_then_argument_fragments() -> None:
+    text = (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\tris", "n": {"a": 1}}}\n</tool_call>'
+    )
+    content, deltas = _run(HERMES, text, list(range(1, len(text))))
+    assert content == "" and deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    fragments = [d["function"]["arguments"] for d in deltas[1:]]
+    assert len(fragments) > 10 and all(set(d) == {"index", "function"} for d in deltas[1:])
+    # the raw tab in a string is escaped, so the arguments parse strictly
+    assert json.loads("".join(fragments)) == {"city": "Pa\tris", "n": {"a": 1}}
+    # cut short by max_tokens: what came stays
+    _, cut = _run(HERMES, text[:60], list(range(1, 60)))
+    assert cut[0]["function"]["name"] == "get_weather"
