@@ -134,16 +134,22 @@ async def test_tools_are_forced_calls_on_the_engine(gateway: str, model: str) ->
             final = await stream.get_final_message()
         streamed = [b for b in final.content if b.type == "tool_use"]
         assert final.stop_reason == "tool_use" and len(streamed) == 1 and streamed[0].name in ("f", "g")
-    r = await oai(gateway).responses.create(
-        model=model,
-        input="hi",
-        tools=[{"type": "function", "name": "f", "parameters": schema, "strict": True}],
-        tool_choice="required",
-        max_output_tokens=300,
-    )
-    calls = [o for o in r.output if o.type == "function_call"]
-    assert calls and calls[0].name == "f"
-    jsonschema.validate(json.loads(calls[0].arguments), schema)
+    rkw = {
+        "model": model,
+        "input": "hi",
+        "tools": [{"type": "function", "name": "f", "parameters": schema, "strict": True}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_output_tokens": 300,
+    }
+    r = await oai(gateway).responses.create(**rkw)  # type: ignore[call-overload]
+    events = [e async for e in await oai(gateway).responses.create(stream=True, **rkw)]  # type: ignore[call-overload]
+    for resp in (r, events[-1].response):
+        calls = [o for o in resp.output if o.type == "function_call"]
+        assert len(calls) == 1 and calls[0].name == "f"
+        jsonschema.validate(json.loads(calls[0].arguments), schema)
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(pieces) == calls[0].arguments
 
 
 @BACKENDS
