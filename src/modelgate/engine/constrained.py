@@ -37,7 +37,7 @@ def advance(seqs: Seq[Constrained], tokens: Seq[int]) -> None:
     """Each constrained row's matcher takes its chosen token; a finished one lets go."""
     for seq, token in zip(seqs, tokens, strict=True):
         c = seq.constraint
-        if c is None:
+        if c is None or token < 0:  # -1: a row that failed (its logits not finite)
             continue
         if not c.accept(token) or c.done:
             # its end token taken (the row finishes, or with ignore_eos goes on free), or
