@@ -369,6 +369,8 @@ class ModelConfig(_Frozen):
     trust_remote_code: bool = False
     max_batch_size: int = Field(32, ge=1)
     kv_cache_tokens: int | None = Field(None, ge=16)
+    # how the local model writes tool calls (engine/tools.py); None: picked from its chat template
+    tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
     # a failed load is retried with backoff (base * 2**n, capped), as a crashed worker is;
     # one that cannot change (a missing file, a wrong key) is not
     load_retries: int = Field(5, ge=0)

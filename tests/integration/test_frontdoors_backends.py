@@ -5,9 +5,11 @@ included: ``tests/integration/api/test_anthropic_api.py`` and ``test_responses_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import anthropic
+import jsonschema
 import openai
 import pytest
 from tests.support.gateway import make_config, running_gateway
@@ -94,22 +96,60 @@ async def test_stop_sequences_are_honoured(gateway: str, model: str) -> None:
 
 
 @BACKENDS
-async def test_tools_are_a_clear_400_where_the_engine_has_none(gateway: str, model: str) -> None:
-    with pytest.raises(anthropic.BadRequestError, match="tool"):
-        await claude(gateway).messages.create(
-            model=model,
-            max_tokens=5,
-            messages=MSGS,
-            tools=[TOOL],
-            tool_choice={"type": "any"},  # type: ignore[list-item]
-        )
-    with pytest.raises(openai.BadRequestError, match="tool"):
-        await oai(gateway).responses.create(
-            model=model,
-            input="hi",
-            tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": False}],
-            tool_choice="required",
-        )
+async def test_tools_are_forced_calls_on_the_engine(gateway: str, model: str) -> None:
+    """tool_choice any / tool: the random demo model's output is a call of the tool,
+    its input valid for the tool's schema (constrained decoding); whole and streamed.
+    In-process, and through ``modelgate worker`` (its Messages API) behind ``tgi``."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "x": {"type": "string", "maxLength": 6},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+        "required": ["x", "n"],
+        "additionalProperties": False,
+    }
+    tools = [
+        {"name": "f", "input_schema": schema},
+        {
+            "name": "g",
+            "input_schema": {"type": "object", "properties": {"b": {"type": "boolean"}}, "required": ["b"]},
+        },
+    ]
+    c = claude(gateway)
+    for seed, choice in enumerate(
+        [
+            {"type": "any", "disable_parallel_tool_use": True},
+            {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
+        ]
+    ):
+        kw = {"model": model, "max_tokens": 300, "messages": MSGS, "tools": tools, "tool_choice": choice}
+        msg = await c.messages.create(metadata={"user_id": f"u{seed}"}, **kw)  # type: ignore[call-overload]
+        assert msg.stop_reason == "tool_use", msg
+        uses = [b for b in msg.content if b.type == "tool_use"]
+        assert len(uses) == 1 and uses[0].id and uses[0].name in ("f", "g")
+        if uses[0].name == "f":
+            jsonschema.validate(uses[0].input, schema)
+        async with c.messages.stream(**kw) as stream:  # type: ignore[arg-type]
+            final = await stream.get_final_message()
+        streamed = [b for b in final.content if b.type == "tool_use"]
+        assert final.stop_reason == "tool_use" and len(streamed) == 1 and streamed[0].name in ("f", "g")
+    rkw = {
+        "model": model,
+        "input": "hi",
+        "tools": [{"type": "function", "name": "f", "parameters": schema, "strict": True}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_output_tokens": 300,
+    }
+    r = await oai(gateway).responses.create(**rkw)  # type: ignore[call-overload]
+    events = [e async for e in await oai(gateway).responses.create(stream=True, **rkw)]  # type: ignore[call-overload]
+    for resp in (r, events[-1].response):
+        calls = [o for o in resp.output if o.type == "function_call"]
+        assert len(calls) == 1 and calls[0].name == "f"
+        jsonschema.validate(json.loads(calls[0].arguments), schema)
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(pieces) == calls[0].arguments
 
 
 @BACKENDS

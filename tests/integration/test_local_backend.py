@@ -146,8 +146,13 @@ async def test_unsupported_parameters_and_missing_template_are_400s(gateway):
     c = client(gateway)
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as err:
-        await c.chat.completions.create(model="demo", messages=MSGS, tools=[tool])
-    assert err.value.body["param"] == "tools"
+        await c.chat.completions.create(
+            model="demo",
+            messages=MSGS,
+            tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        )
+    assert err.value.body["param"] == "tool_choice"  # tools work (test_local_structured.py); g is not one
     with pytest.raises(openai.BadRequestError) as err:
         await c.chat.completions.create(model="bare", messages=MSGS)
     assert "chat template" in err.value.body["message"]

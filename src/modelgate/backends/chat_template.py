@@ -65,6 +65,7 @@ def message_dict(msg: ChatMessage) -> dict[str, Any]:
 
 class ChatTemplate:
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
+        self.source = source  # what says how the model writes tool calls (engine/tools.py)
         try:
             self._template = _environment().from_string(source)
         except TemplateError as exc:

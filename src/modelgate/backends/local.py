@@ -23,9 +23,11 @@ from modelgate.backends.base import BackendContext, collect
 from modelgate.backends.chat_template import SEGMENT_CHARS, count_up_to
 from modelgate.backends.params import LOCAL, max_tokens_cap
 from modelgate.config import EndpointConfig, ModelConfig
+from modelgate.engine import structured
 from modelgate.engine.runtime import LoadFailure, LocalModel, load_local_model
 from modelgate.engine.sampling import SamplingConfig
 from modelgate.engine.sequence import SeqParams, TokenEvent
+from modelgate.engine.tools import ToolCallParser
 from modelgate.errors import InvalidRequest, ModelNotReady
 from modelgate.supervisor.state import Backoff
 from modelgate.types import (
@@ -58,13 +60,7 @@ def sampling_config(s: SamplingParams, index: int = 0) -> SamplingConfig:
 
 def unsupported_param(request: GenerationRequest) -> str | None:
     """The first parameter this engine cannot honour, if any."""
-    fmt = (request.response_format or {}).get("type", "text")
-    checks = (
-        ("tools", bool(request.tools)),
-        ("tool_choice", request.tool_choice not in (None, "none", "auto")),
-        ("response_format", fmt != "text"),
-        ("messages", any(m.parts or m.tool_calls for m in request.messages)),
-    )
+    checks = (("messages", any(m.parts for m in request.messages)),)
     return next((name for name, bad in checks if bad), None)
 
 
@@ -161,6 +157,7 @@ class LocalBackend:
             )
         if request.kind == "chat" and self._local is not None:
             self._local.require_chat_template()
+        structured.plan(request)  # response_format, tools, tool_choice: a 400 naming the param
 
     async def complete(self, request: GenerationRequest) -> list[Chunk]:
         return await collect(self.generate(request))
@@ -176,18 +173,33 @@ class LocalBackend:
         if request.sampling.max_tokens is None:  # limits.max_tokens holds without it too
             cap = max_tokens_cap(self.model.default_max_tokens, self._ctx.config.limits.max_tokens)
             max_new = min(max_new, cap)
+        n = max(1, request.sampling.n)
+        shape = structured.plan(request)
+        # compiled off the loop (milliseconds to seconds for a large schema; cached after)
+        constraints = (
+            await asyncio.to_thread(structured.constraints, local, shape, n)
+            if shape.constrained
+            else [None] * n
+        )
         seqs = [
             engine.submit(
                 prompt,
                 SeqParams(max_new, sampling_config(request.sampling, i), tuple(request.sampling.stop)),
+                constraints[i],
             )
-            for i in range(max(1, request.sampling.n))
+            for i in range(n)
         ]
+        parsers = [local.tool_format.parser() for _ in seqs] if shape.parses_tools else None
         completion = 0
         logprobs = _Logprobs(engine, request.kind, len(seqs)) if request.sampling.logprobs else None
         try:
             async for index, event in _merge([engine.events(s) for s in seqs]):
                 completion += len(event.token_ids)
+                if parsers is not None:
+                    lp = None if logprobs is None else logprobs.of(index, event)
+                    for chunk in _tool_chunks(parsers[index], index, event, lp):
+                        yield chunk
+                    continue
                 yield Chunk(
                     index=index,
                     text=event.text,
@@ -343,6 +355,26 @@ class _Logprobs:
             out["top_logprobs"].append(alternatives)
             out["text_offset"].append(self._text_offset(index, self._bytes(t)))
         return out
+
+
+def _tool_chunks(
+    parser: ToolCallParser, index: int, event: TokenEvent, logprobs: dict[str, Any] | None = None
+) -> list[Chunk]:
+    """One event's chunks with tool calls parsed out: content, then each call's deltas
+    (OpenAI's shape: id, type and name first, then the arguments), then the finish
+    (``tool_calls`` when calls were made)."""
+    text, deltas = parser.feed(event.text)
+    finish = event.finish_reason
+    if finish is not None:
+        rest, more = parser.finish()
+        text, deltas = text + rest, deltas + more
+        if finish == "stop" and parser.calls:
+            finish = "tool_calls"
+    out = [Chunk(index=index, text=text, logprobs=logprobs)] if text or logprobs else []
+    out += [Chunk(index=index, tool_calls=(d,)) for d in deltas]
+    if finish is not None:
+        out.append(Chunk(index=index, finish_reason=finish, token_ids=event.token_ids))  # type: ignore[arg-type]
+    return out
 
 
 def _preloaded(ctx: BackendContext, model_id: str) -> LocalModel | None:

@@ -49,6 +49,15 @@ from modelgate.backends.tgi_native import (
 )
 from modelgate.backends.upstream_errors import error_from_event
 from modelgate.config import EndpointConfig, ModelConfig
+from modelgate.engine.tools import (
+    BARE_CALL,
+    HERMES,
+    ToolCallParser,
+    call_schema,
+    pick_format,
+    plan_tools,
+    with_tool_calls,
+)
 from modelgate.errors import (
     ConfigError,
     InvalidRequest,
@@ -206,8 +215,7 @@ class TGIBackend:
             raise InvalidRequest("logprobs are not supported by TGI's /generate", param="logprobs")
         if request.sampling.logit_bias:
             raise InvalidRequest("logit_bias is not supported by TGI's /generate", param="logit_bias")
-        if request.tools:
-            raise InvalidRequest("tools need TGI's Messages API (protocol 'messages')", param="tools")
+        plan_tools(request.tools, request.tool_choice, None)  # tools: rendered and parsed here
         if any(m.parts for m in request.messages):
             raise InvalidRequest(
                 "non-text content needs TGI's Messages API (protocol 'messages')", param="messages"
@@ -281,10 +289,27 @@ class TGIBackend:
         check_limits(request, info, counted)
         cap = max_tokens_cap(self._model.default_max_tokens, self._ctx.config.limits.max_tokens)
         max_new = max_new_tokens(request, info, counted, cap)
-        body = orjson.dumps({"inputs": prompt, "parameters": parameters(request, info, max_new)})
+        params = parameters(request, info, max_new)
+        calls = self._tool_parser(request, params)
+        body = orjson.dumps({"inputs": prompt, "parameters": params})
         if request.stream:
-            return self._stream(await self._post("/generate_stream", body), request, prompt, counted)
-        return _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))
+            stream = self._stream(await self._post("/generate_stream", body), request, prompt, counted)
+        else:
+            stream = _chunks(await self._whole(await self._post("/generate", body), request, prompt, counted))
+        return stream if calls is None else with_tool_calls(stream, calls)
+
+    def _tool_parser(self, request: GenerationRequest, params: dict[str, Any]) -> ToolCallParser | None:
+        """Tools on /generate: the template renders them (``_prompt``), the model's calls
+        are parsed out of its text here; a forced call is TGI's ``grammar``: the call's
+        JSON (one call: TGI's grammars are JSON schemas and regexes, no tags around)."""
+        plan = plan_tools(request.tools, request.tool_choice, False)
+        if plan is None or not plan.parse:
+            return None
+        if plan.forced is not None:
+            params["grammar"] = {"type": "json", "value": call_schema(plan, HERMES)}
+            return BARE_CALL.parser()
+        source = self._template.source if self._template is not None else None
+        return pick_format(source, self._model.tool_parser).parser()
 
     def _render(self, request: GenerationRequest, info: Mapping[str, Any]) -> tuple[str, int | None]:
         prompt = self._prompt(request)

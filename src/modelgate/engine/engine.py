@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from modelgate.engine import constrained
 from modelgate.engine.batching import BatchLimits, BatchScheduler
 from modelgate.engine.detok import TokenBytes
+from modelgate.engine.grammar import Constraint
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
 from modelgate.engine.sampling import SamplingConfig, TokenStats, make_generator, sample_batch
@@ -119,7 +121,9 @@ class Engine:
                 param="logit_bias",
             )
 
-    def submit(self, prompt_ids: list[int], params: SeqParams) -> Sequence:
+    def submit(
+        self, prompt_ids: list[int], params: SeqParams, constraint: Constraint | None = None
+    ) -> Sequence:
         self.check_sampling(params.sampling)
         if self._stopping:
             raise ShuttingDown("the engine is shutting down", retry_after=1)
@@ -137,6 +141,7 @@ class Engine:
                 param="max_tokens",
             )
         seq.generator = make_generator(params.sampling, self.loaded.device)
+        seq.constraint = constraint  # the grammar its output must follow (engine/constrained.py)
         with self._cv:
             self._inbox.append(seq)
             self._cv.notify()
@@ -294,7 +299,9 @@ class Engine:
         """Sample rows ``start ..`` of the batch (``seqs``); a row whose logits are not
         finite fails alone."""
         cfgs = [s.params.sampling for s in seqs]
+        constrained.mask(seqs, logits)
         out = sample_batch(logits, cfgs, [s.generator for s in seqs], self._stats, start)
+        constrained.advance(seqs, out.tokens)
         for seq, token, logprob in zip(seqs, out.tokens, out.logprobs, strict=True):
             if seq.cancelled:
                 continue

@@ -11,7 +11,8 @@ What is supported: ``response_format`` ``json_object`` (any JSON object) and
 ``json_schema`` (xgrammar's JSON Schema subset: types, properties, required,
 additionalProperties, items, prefixItems, enum, const, anyOf/oneOf, $ref/$defs,
 min/max for numbers, minLength/maxLength, minItems/maxItems, pattern, and the common
-formats); TGI's ``grammar`` ``json`` and ``regex``.  A schema xgrammar cannot compile
+formats); TGI's ``grammar`` ``json`` and ``regex``; forced tool calls (``ebnf``: the
+model's call format around a JSON schema per tool, built by ``engine/tools.py``).  A schema xgrammar cannot compile
 is a 400 that names the parameter and quotes its reason.  Output is compact JSON (no
 free whitespace), so that a model cannot spend its budget on blanks; a schema with
 unbounded strings ends when the model closes them or at ``max_tokens``
@@ -21,6 +22,7 @@ unbounded strings ends when the model closes them or at ``max_tokens``
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import torch
 
 from modelgate.errors import InvalidRequest
 
-Kind = Literal["json_object", "json_schema", "regex"]
+Kind = Literal["json_object", "json_schema", "regex", "ebnf"]
 _CACHE = 64  # compiled grammars kept per model
 
 
@@ -54,12 +56,15 @@ class Grammars:
     """Compiled grammars for one model's tokenizer (thread-safe: requests are admitted
     on the event loop's thread pool, steps run on the engine's thread)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int] | None = None) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
         self.vocab_size = vocab_size
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        # the model's end tokens (generation_config's), which the grammar allows at its end
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids
+        )
         # xgrammar's JSON strings admit control characters (only \r and \n are refused);
         # JSON does not (RFC 8259 7, and Python's json.loads): tokens holding a byte below
         # 0x20 are cleared from every JSON row's mask (no free whitespace is asked for)
@@ -78,7 +83,7 @@ class Grammars:
         try:
             compiled = self._compile(spec)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError with the reason
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            reason = compile_reason(exc)
             raise InvalidRequest(
                 f"The {spec.param} cannot be used for constrained decoding: {reason}", param=spec.param
             ) from None
@@ -94,11 +99,13 @@ class Grammars:
             return c.compile_json_schema('{"type": "object"}', any_whitespace=False)
         if spec.kind == "json_schema":
             return c.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+        if spec.kind == "ebnf":  # tool calls (engine/tools.py): literal newlines, no keep mask
+            return c.compile_grammar(spec.source)
         return c.compile_regex(spec.source)
 
     def constraint(self, spec: GrammarSpec) -> Constraint:
-        keep = self.json_keep if spec.kind != "regex" else None
-        return Constraint(self._xgr.GrammarMatcher(self.compile(spec)), keep)
+        keep = self.json_keep if spec.kind in ("json_object", "json_schema") else None
+        return Constraint(self._xgr.GrammarMatcher(self.compile(spec)), keep, self)
 
     def allocate(self, rows: int) -> torch.Tensor:
         return self._xgr.allocate_token_bitmask(rows, self.vocab_size)
@@ -111,11 +118,12 @@ class Grammars:
 class Constraint:
     """One sequence's matcher."""
 
-    __slots__ = ("_keep", "_matcher")
+    __slots__ = ("_keep", "_matcher", "grammars")
 
-    def __init__(self, matcher: Any, keep: torch.Tensor | None) -> None:
+    def __init__(self, matcher: Any, keep: torch.Tensor | None, grammars: Grammars) -> None:
         self._matcher = matcher
         self._keep = keep
+        self.grammars = grammars
 
     def fill(self, mask: torch.Tensor, row: int) -> None:
         """This sequence's allowed next tokens into ``mask[row]`` (a packed bitmask)."""
@@ -131,6 +139,14 @@ class Constraint:
     def done(self) -> bool:
         """The output is complete (the grammar accepted its end)."""
         return bool(self._matcher.is_terminated())
+
+
+def compile_reason(exc: BaseException) -> str:
+    """xgrammar's message without its log prefix (time, C++ source file and line)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", text.splitlines()[0])[:300]
 
 
 def _keep_mask(decoded_vocab: list[bytes], vocab_size: int, mask: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ messages, stats, and unloading."""
 from __future__ import annotations
 
 import gc
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from modelgate.config import Config, ModelConfig
 from modelgate.engine.batching import BatchLimits
 from modelgate.engine.embedder import Embedder, pooling_spec
 from modelgate.engine.engine import Engine
+from modelgate.engine.grammar import Grammars
 from modelgate.engine.loader import IMPORTS, DirectoryFiles, LoadedModel, ModelFiles, load_model
+from modelgate.engine.tools import ToolFormat, pick_format, template_messages
 from modelgate.errors import ConfigError, InvalidRequest, ModelGateError, ModelNotReady
 from modelgate.types import GenerationRequest
 
@@ -90,6 +93,24 @@ class LocalModel:
         self.tokenizer = loaded.tokenizer
         self.engine = engine
         self.embedder = embedder
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
+
+    def grammars(self) -> Grammars:
+        """The model's grammar compiler, made at the first constrained request (blocking:
+        reading the vocabulary takes a while on a large one; call it from a thread)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                head = self.loaded.model.get_output_embeddings()  # the logits' width
+                vocab = int(head.weight.shape[0]) if head is not None else len(self.tokenizer)
+                eos = sorted(self.loaded.eos_token_ids)
+                self._grammars = Grammars(self.tokenizer, vocab, eos or None)
+            return self._grammars
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        template = self.tokenizer.chat_template
+        return pick_format(template if isinstance(template, str) else None, self.config.tool_parser)
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -112,8 +133,11 @@ class LocalModel:
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.kind == "chat":
             self.require_chat_template()
-            messages = [{"role": m.role, "content": m.content or ""} for m in request.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            messages = template_messages(request.messages)
+            tools = [dict(t) for t in request.tools] or None
+            text = self.tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=True
+            )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             ids = self.encode(request.prompt or "")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelgate.engine.detok import Decode, IncrementalDetokenizer
+from modelgate.engine.grammar import Constraint
 from modelgate.engine.sampling import SamplingConfig, TokenLogprob
 from modelgate.engine.stops import StopMatcher
 
@@ -77,6 +78,7 @@ class Sequence:
         self.generator: Any = None
         # set by the step thread before the first event, when params.prompt_logprobs
         self.prompt_logprobs: list[float | None] | None = None
+        self.constraint: Constraint | None = None  # set by Engine.submit
         self.finished = False
         self._cancelled = False
         # Output not yet handed to the event loop, and the step it was last handed at.

@@ -240,6 +240,9 @@ def completion_request(
         sampling=sampling,
         request_id=request_id,
         prompt=prompt,
+        response_format=req.response_format
+        if (req.response_format or {}).get("type", "text") != "text"
+        else None,
     )
 
 

@@ -121,6 +121,8 @@ class CompletionRequest(_Sampling):
     echo: StrictBool | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
+    # an extension (vLLM's too): structured output for a plain prompt, on the local engine
+    response_format: dict[str, Any] | None = None
 
 
 class EmbeddingRequestIn(_Body):

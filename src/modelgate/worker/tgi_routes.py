@@ -8,6 +8,7 @@ statuses, so the gateway's ``tgi`` backend reads its own workers like TGI.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ import orjson
 
 from modelgate import __version__
 from modelgate.api.middleware import Routes
+from modelgate.engine import structured
+from modelgate.engine.grammar import Constraint
 from modelgate.engine.runtime import LocalModel
 from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent
 from modelgate.errors import InvalidRequest, ModelGateError, RateLimited, ServiceUnavailable
@@ -71,6 +74,7 @@ class _Run:
     text: list[str] = field(default_factory=list)
     last: TokenEvent | None = None
     seq: Sequence | None = None
+    constraint: Constraint | None = None  # TGI's ``grammar``, compiled by ``_constrain``
 
 
 async def _parse(request: Request, model: type[GenerateRequest]) -> GenerateRequest:
@@ -110,6 +114,14 @@ def _prepare(local: LocalModel, body: GenerateRequest, *, stream: bool) -> _Run:
     return _Run(body, ids, params)
 
 
+async def _constrain(local: LocalModel, run: _Run) -> _Run:
+    """Compile the request's ``grammar`` off the loop (a 422 naming it if it cannot be)."""
+    spec = structured.tgi_grammar_spec(run.body.parameters.grammar)
+    if spec is not None:
+        run.constraint = await asyncio.to_thread(structured.compile_one, local, spec)
+    return run
+
+
 def _token(local: LocalModel, token_id: int, text: str, logprob: float | None) -> dict[str, Any]:
     special = token_id in local.loaded.eos_token_ids
     if logprob is not None:
@@ -125,7 +137,7 @@ def _top_tokens(local: LocalModel, top: tuple[tuple[int, float], ...]) -> list[d
 async def _events(local: LocalModel, run: _Run) -> AsyncIterator[tuple[dict[str, Any], bool]]:
     """(token, is_last) per generated token, recording text and details in ``run``."""
     engine = local.require_engine()
-    seq = run.seq = engine.submit(run.prompt, run.params)
+    seq = run.seq = engine.submit(run.prompt, run.params, run.constraint)
     async for event in engine.events(seq):
         run.text.append(event.text)
         run.last = event
@@ -211,7 +223,7 @@ def _stream_details(run: _Run) -> dict[str, Any]:
 async def generate(request: Request) -> Response | StreamResponse:
     local = _local(request)
     try:
-        run = _prepare(local, await _parse(request, GenerateRequest), stream=False)
+        run = await _constrain(local, _prepare(local, await _parse(request, GenerateRequest), stream=False))
         return Response(orjson.dumps(await _generate_json(local, run)))
     except ModelGateError as exc:
         return _error_response(exc)
@@ -220,7 +232,7 @@ async def generate(request: Request) -> Response | StreamResponse:
 async def generate_stream(request: Request) -> Response | StreamResponse:
     local = _local(request)
     try:
-        run = _prepare(local, await _parse(request, GenerateRequest), stream=True)
+        run = await _constrain(local, _prepare(local, await _parse(request, GenerateRequest), stream=True))
     except ModelGateError as exc:
         return _error_response(exc)
     return await _stream(request, local, run)
@@ -231,7 +243,7 @@ async def compat_generate(request: Request) -> Response | StreamResponse:
     try:
         body = await _parse(request, CompatGenerateRequest)
         stream = isinstance(body, CompatGenerateRequest) and body.stream
-        run = _prepare(local, body, stream=stream)
+        run = await _constrain(local, _prepare(local, body, stream=stream))
         if stream:
             return await _stream(request, local, run)
         return Response(orjson.dumps([await _generate_json(local, run)]))

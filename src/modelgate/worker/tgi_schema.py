@@ -69,7 +69,6 @@ class GenerateParameters(BaseModel):
             ("best_of", (self.best_of or 1) > 1),
             ("typical_p", self.typical_p is not None and self.typical_p < 1.0),
             ("watermark", self.watermark),
-            ("grammar", self.grammar is not None),
             ("adapter_id", bool(self.adapter_id)),
         )
         return next((name for name, bad in checks if bad), None)
