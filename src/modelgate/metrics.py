@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LIFECYCLE_STATES = ("starting", "ready", "degraded", "restarting", "failed", "stopped")
+# engine totals (``Engine.stats``) mirrored as counters, not gauges: name -> outcome
+PREFIX_CACHE_TOKENS = {"prefix_cache_hit_tokens": "hit", "prefix_cache_miss_tokens": "miss"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -131,9 +133,16 @@ class Metrics:
             ["key", "limit"],
             "counter",
         )
+        self.prefix_tokens = HotMetric(
+            "modelgate_prefix_cache_tokens",
+            "Prompt tokens of local models whose KV came from the prefix cache (hit) or was prefilled (miss)",
+            ["model", "outcome"],
+            "counter",
+        )
         r.register(
             _HotCollector(
                 [
+                    self.prefix_tokens,
                     self.requests,
                     self.latency,
                     self.ttft,
@@ -235,6 +244,10 @@ class Metrics:
                 self.child(self.key_refusals, key, limit).value = count
 
     def gauge(self, model: str, name: str, value: float) -> None:
+        outcome = PREFIX_CACHE_TOKENS.get(name)
+        if outcome is not None:  # a running total: mirrored into its counter
+            self.child(self.prefix_tokens, model, outcome).value = value
+            return
         self.engine.labels(model, name).set(value)
 
     def load_failure(self, model: str) -> None:
