@@ -120,14 +120,18 @@ class KVBatch:
         from transformers import DynamicCache
 
         layers = [torch.cat([b[n] for b in blocks], dim=2) for n in range(len(blocks[0]))]
-        cache = DynamicCache(
+        cache: Any = DynamicCache(
             [(kv[0].unsqueeze(0), kv[1].unsqueeze(0)) for kv in layers], config=self.model.config
         )
         done = int(layers[0].shape[2])
         ids = torch.tensor([list(prompt[done:])], dtype=torch.long, device=self.device)
         position_ids = torch.arange(done, len(prompt), device=self.device).unsqueeze(0)
         out = self.model(
-            input_ids=ids, position_ids=position_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
+            input_ids=ids,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
         mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
         return out.logits[:, -1, :], ([(layer.keys, layer.values) for layer in cache.layers], mask)

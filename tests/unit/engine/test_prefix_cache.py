@@ -19,7 +19,7 @@ def keep(cache, tokens, size=10):
 def test_only_whole_blocks_are_kept_and_matched():
     cache = PrefixCache[tuple](1000, block_tokens=4)
     assert keep(cache, list(range(10))) == 2  # the last 2 ids are not a whole block
-    got = cache.match(list(range(10)) + [99])
+    got = cache.match([*range(10), 99])
     assert got == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert (cache.stats.hit_tokens, cache.stats.miss_tokens) == (8, 3)
 
@@ -98,7 +98,7 @@ def test_random_conversations_never_orphan_a_block_nor_pass_the_budget(seed):
     convs = [[rng.randrange(4) for _ in range(3)] for _ in range(6)]  # shared-ish system prompts
     for _ in range(300):
         conv = rng.choice(convs)
-        got = cache.match(conv + [0])
+        got = cache.match([*conv, 0])
         flat = [t for block in got for t in block]
         assert flat == conv[: len(flat)]  # what comes back is exactly the prefix's
         conv.extend(rng.randrange(4) for _ in range(rng.randrange(1, 7)))
