@@ -152,7 +152,13 @@ class KVBatch:
                 kept = tuple(torch.stack([k[:, lo : lo + b], v[:, lo : lo + b]]) for k, v in layers)
                 return kept, sum(t.nbytes for t in kept)
 
-            self.prefix.insert(ids[:real], block)
+            try:
+                self.prefix.insert(ids[:real], block)
+            except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not isinstance(exc, MemoryError) and "memory" not in str(exc).lower():
+                    raise
+                self.prefix.clear()  # keeping prefixes never fails a request
+                return
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed one token per row; return the next-token logits."""

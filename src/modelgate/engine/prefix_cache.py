@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-DEFAULT_BLOCK_TOKENS = 32
+DEFAULT_BLOCK_TOKENS = 16
 _ROOT = 0  # the parent id of a first block
 
 

@@ -135,3 +135,20 @@ def test_kvbatch_splices_kept_and_fresh_prompts_in_order(loaded):
     assert hits == 64 + 96  # whole 16-token blocks of each base
     assert torch.allclose(on_logits, off_logits, atol=1e-4)
     assert torch.equal(on_steps, off_steps)
+
+
+def test_running_out_of_memory_while_keeping_a_prefix_only_empties_the_cache(loaded, monkeypatch):
+    with torch.inference_mode():
+        batch = KVBatch(loaded.model, loaded.device, MB, block_tokens=16)
+        batch.prefill([list(range(3, 40))])
+        batch.save({0: list(range(3, 40))})
+        assert len(batch.prefix) == 2
+
+        def oom(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 MiB")
+
+        monkeypatch.setattr(torch, "stack", oom)
+        batch.prefill([list(range(50, 90))])
+        batch.save({1: list(range(50, 90))})  # must not raise
+        assert len(batch.prefix) == 0
+        assert batch.rows == 2  # the running batch is untouched
