@@ -81,6 +81,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._batch.clear()
+        self._batch.prefix.clear()
         self.loaded = None  # type: ignore[assignment]
         self._batch.model = None
         if torch.cuda.is_available():
