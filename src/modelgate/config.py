@@ -371,6 +371,8 @@ class ModelConfig(_Frozen):
     kv_cache_tokens: int | None = Field(None, ge=16)
     # how the local model writes tool calls (engine/tools.py); None: picked from its chat template
     tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
+    # KV of recent prompt prefixes kept for reuse (MiB, on the model's device); 0 turns it off
+    kv_prefix_cache_mb: int = Field(256, ge=0)
     # a failed load is retried with backoff (base * 2**n, capped), as a crashed worker is;
     # one that cannot change (a missing file, a wrong key) is not
     load_retries: int = Field(5, ge=0)

@@ -16,6 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LIFECYCLE_STATES = ("starting", "ready", "degraded", "restarting", "failed", "stopped")
 LOAD_STATES = ("loaded", "idle", "loading", "unloading", "unloaded")
+# engine totals (``Engine.stats``) mirrored as counters, not gauges: name -> outcome
+PREFIX_CACHE_TOKENS = {"prefix_cache_hit_tokens": "hit", "prefix_cache_miss_tokens": "miss"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -150,9 +152,16 @@ class Metrics:
             ["backend", "on_error"],
             "counter",
         )
+        self.prefix_tokens = HotMetric(
+            "modelgate_prefix_cache_tokens",
+            "Prompt tokens of local models whose KV came from the prefix cache (hit) or was prefilled (miss)",
+            ["model", "outcome"],
+            "counter",
+        )
         r.register(
             _HotCollector(
                 [
+                    self.prefix_tokens,
                     self.requests,
                     self.latency,
                     self.ttft,
@@ -332,6 +341,10 @@ class Metrics:
             self.child(self.state_degraded, backend, mode).value = status.get("degraded_answers", 0)
 
     def gauge(self, model: str, name: str, value: float) -> None:
+        outcome = PREFIX_CACHE_TOKENS.get(name)
+        if outcome is not None:  # a running total: mirrored into its counter
+            self.child(self.prefix_tokens, model, outcome).value = value
+            return
         self.engine.labels(model, name).set(value)
 
     def load_failure(self, model: str) -> None:

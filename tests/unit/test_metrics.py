@@ -54,3 +54,17 @@ def test_counters_and_gauges_per_label_set() -> None:
     assert s[("modelgate_requests_total", (("model", "gpt"), ("route", "chat"), ("status", "502")))] == 1
     assert s[("modelgate_in_flight_requests", (("model", "gpt"),))] == 1
     assert s[("modelgate_tokens_total", (("kind", "completion"), ("model", "gpt")))] == 7
+
+
+def test_engine_prefix_cache_totals_become_a_counter_the_rest_stay_gauges() -> None:
+    m = Metrics()
+    for hit, miss in ((100, 40), (1900, 140)):  # totals as the engine reports them, probe by probe
+        m.gauge("coder", "prefix_cache_hit_tokens", hit)
+        m.gauge("coder", "prefix_cache_miss_tokens", miss)
+    m.gauge("coder", "prefix_cache_bytes", 4096)
+    s = _samples(m)
+    counter = "modelgate_prefix_cache_tokens_total"
+    assert s[(counter, (("model", "coder"), ("outcome", "hit")))] == 1900
+    assert s[(counter, (("model", "coder"), ("outcome", "miss")))] == 140
+    assert s[("modelgate_engine", (("model", "coder"), ("name", "prefix_cache_bytes")))] == 4096
+    assert not any(n == "modelgate_engine" and ("name", "prefix_cache_hit_tokens") in lbl for n, lbl in s)

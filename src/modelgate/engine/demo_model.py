@@ -64,6 +64,8 @@ _CORPUS = (
     "user assistant system: You are a helpful assistant. Answer briefly.",
 )
 
+# context window of the chat sizes: the small one holds an agent's long conversation
+_CHAT_CONTEXT = {"tiny": 2048, "small": 4096}
 # name -> (vocab target, hidden, layers, intermediate, heads, kv heads)
 _CHAT_SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (1024, 64, 4, 128, 4, 2),
@@ -102,7 +104,7 @@ def _chat_config(vocab: int, size: str) -> dict[str, Any]:
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv,
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": _CHAT_CONTEXT[size],
         "rope_theta": 10000.0,
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": True,
@@ -152,10 +154,10 @@ def _weights(config: dict[str, Any], seed: int, special_ids: list[int]) -> dict[
     return state
 
 
-def _tokenizer_config(kind: Kind) -> dict[str, Any]:
+def _tokenizer_config(kind: Kind, size: str) -> dict[str, Any]:
     base: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 2048 if kind == "chat" else 512,
+        "model_max_length": _CHAT_CONTEXT[size] if kind == "chat" else 512,
         "bos_token": None,
         "pad_token": "<|endoftext|>",
         "unk_token": None,
@@ -203,7 +205,7 @@ def write_demo_model(dest: str | Path, kind: Kind = "chat", size: Size = "tiny",
             "pad_token_id": special_ids[0],
         }
     tok.save(str(out / "tokenizer.json"))
-    _write_json(out / "tokenizer_config.json", _tokenizer_config(kind))
+    _write_json(out / "tokenizer_config.json", _tokenizer_config(kind, size))
     _write_json(out / "config.json", config)
     if kind == "chat":
         _write_json(

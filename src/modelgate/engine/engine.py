@@ -23,6 +23,7 @@ from modelgate.engine.detok import TokenBytes
 from modelgate.engine.grammar import Constraint
 from modelgate.engine.kvbatch import KVBatch
 from modelgate.engine.loader import LoadedModel
+from modelgate.engine.prefix_cache import PrefixStats
 from modelgate.engine.sampling import SamplingConfig, TokenStats, make_generator, sample_batch
 from modelgate.engine.sequence import SeqParams, Sequence, TokenEvent, merge_events
 from modelgate.errors import EngineError, InvalidRequest, OutOfMemory, ShuttingDown
@@ -40,7 +41,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, limits: BatchLimits):
+    def __init__(self, loaded: LoadedModel, limits: BatchLimits, prefix_cache_bytes: int = 0):
         self.loaded = loaded
         self.limits = limits
         self.tokenizer = loaded.tokenizer
@@ -50,7 +51,7 @@ class Engine:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.vocab_size = int(getattr(text_config, "vocab_size", 0) or len(loaded.tokenizer))
         self._sched: BatchScheduler[Sequence] = BatchScheduler(limits)
-        self._batch = KVBatch(loaded.model, loaded.device)
+        self._batch = KVBatch(loaded.model, loaded.device, prefix_cache_bytes)
         self._stats = TokenStats(loaded.device)  # the penalties' token counts, row for row with _batch
         self._rows: list[Sequence] = []  # row order of the KV batch
         self._inbox: list[Sequence] = []
@@ -77,6 +78,7 @@ class Engine:
                     self._batch.decode([1] * rows)
                 self._batch.keep([0])
                 self._batch.clear()
+        self._batch.prefix.stats = PrefixStats()  # warmup prompts are not traffic
 
     def close(self) -> None:
         with self._cv:
@@ -86,6 +88,7 @@ class Engine:
             self._thread.join(timeout=30)
         self._batch.clear()
         self._stats.clear()
+        self._batch.prefix.clear()
         self.loaded = None  # type: ignore[assignment]
         self._batch.model = None
         if torch.cuda.is_available():
@@ -174,6 +177,13 @@ class Engine:
             "kv_reserved_tokens": self._sched.tokens_reserved(),
             "steps": self.steps,
         }
+        prefix = self._batch.prefix
+        if prefix.enabled:
+            out |= {
+                "prefix_cache_bytes": prefix.nbytes,
+                "prefix_cache_hit_tokens": prefix.stats.hit_tokens,
+                "prefix_cache_miss_tokens": prefix.stats.miss_tokens,
+            }
         dev = self.loaded.device if self.loaded is not None else None
         if dev is not None and dev.type == "cuda":
             out["device_memory_allocated_bytes"] = int(torch.cuda.memory_allocated(dev))
@@ -338,12 +348,14 @@ class Engine:
         if not gone:
             return
         keep = [i for i, s in enumerate(self._rows) if not (s.finished or s.cancelled)]
+        self._batch.save({i: s.prompt_ids + s.generated for i, s in enumerate(self._rows) if s in gone})
         self._batch.keep(keep)
         self._stats.keep(keep)
         self._rows = [self._rows[i] for i in keep]
         self._sched.finish(gone)
 
     def _release(self) -> None:
+        self._batch.prefix.clear()  # kept prefixes are the first memory to give back
         if self.loaded.device.type == "cuda":
             torch.cuda.empty_cache()
 

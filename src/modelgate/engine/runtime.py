@@ -187,6 +187,6 @@ def load_local_model(
     if spec is not None:
         return LocalModel(model, loaded, engine=None, embedder=Embedder(loaded, spec))
     limits = BatchLimits(max_batch_size=model.max_batch_size, kv_cache_tokens=model.kv_cache_tokens)
-    engine = Engine(loaded, limits)
+    engine = Engine(loaded, limits, prefix_cache_bytes=model.kv_prefix_cache_mb << 20)
     engine.start(warmup=warmup)
     return LocalModel(model, loaded, engine=engine, embedder=None)
