@@ -342,6 +342,11 @@ class ModelConfig(_Frozen):
     trust_remote_code: bool = False
     max_batch_size: int = Field(32, ge=1)
     kv_cache_tokens: int | None = Field(None, ge=16)
+    # from_pretrained passthrough (plain directories; docs/engine.md): a device map
+    # ("auto", "cpu", {"model.layers.0": 0, ...}), a quantization_config dict, attention
+    device_map: str | dict[str, str | int] | None = None
+    quantization: dict[str, Any] | None = None
+    attn_implementation: str | None = None
     # a failed load is retried with backoff (base * 2**n, capped), as a crashed worker is;
     # one that cannot change (a missing file, a wrong key) is not
     load_retries: int = Field(5, ge=0)
