@@ -346,7 +346,13 @@ def run_cb(
 # -- modelgate worker ---------------------------------------------------------------------
 
 
-def start_worker(model_dir: Path, smoke: bool, max_batch: int) -> tuple[subprocess.Popen[str], str]:
+def start_worker(
+    model_dir: Path, smoke: bool, max_batch: int, timeout_s: float
+) -> tuple[subprocess.Popen[str], str]:
+    """``modelgate worker`` on a free port; its URL once it says it serves (it loads and
+    warms up first), or an error with its last output (exited, or not serving in time)."""
+    import queue
+
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "modelgate", "worker", "--model", str(model_dir), "--port", "0"]
     cmd += ["--max-batch-size", str(max_batch)]
@@ -358,15 +364,31 @@ def start_worker(model_dir: Path, smoke: bool, max_batch: int) -> tuple[subproce
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:  # read to the end, or the worker blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
         m = re.search(r"serving \S+ on (http://\S+)", line)
         if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
             return proc, m.group(1)
-    raise RuntimeError("the worker exited before serving:\n" + "".join(lines[-40:]))
+    proc.kill()
+    proc.wait(30)
+    raise RuntimeError("the worker did not start serving:\n" + "".join(seen[-40:]))
 
 
 def stream(
@@ -480,7 +502,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"GPU path, {env['device']}: {env['model']} ({env['weight_bytes'] / 1e9:.2f} GB of weights), "
         f"{env['tokens']} tokens per stream; torch {env['torch']}, transformers {env['transformers']}",
         "",
-        "| engine | streams | tokens/s | bandwidth bound tok/s | TTFT p50 ms | TTFT p99 ms | peak GPU GB | torch peak GB |",
+        "| engine | streams | tokens/s | bandwidth bound tok/s | TTFT p50 ms | TTFT p99 ms | GPU GB above the loaded model (peak) | torch peak GB (with weights) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
@@ -499,6 +521,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     if result.get("skipped"):
         lines += ["", "Skipped: " + ", ".join(result["skipped"])]
+    if result.get("errors"):
+        lines += ["", "Failed: " + "; ".join(result["errors"])]
     lines += [
         "",
         f"Bandwidth bound: streams x {env['bandwidth_bytes_per_s'] / 1e12:.1f} TB/s / weight bytes "
@@ -559,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "write_s": write_s,
     }
     rows: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"env": env, "rows": rows, "oom": None, "skipped": []}
+    result: dict[str, Any] = {"env": env, "rows": rows, "oom": None, "skipped": [], "errors": []}
 
     def remaining() -> float:
         return float(args.budget_s - (time.perf_counter() - started))
@@ -574,6 +598,15 @@ def main(argv: list[str] | None = None) -> int:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "gpu_bench.json").write_text(json.dumps(result, indent=2))
 
+    def attempt(name: str, run: Any) -> None:
+        """One phase; its failure is recorded and the run goes on to the next."""
+        try:
+            run()
+        except Exception as exc:
+            result["errors"].append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            print(f"phase {name} failed: {exc!r}", file=sys.stderr)
+        save()
+
     def phase(name: str, need_s: float) -> bool:
         if name in skip:
             return False
@@ -584,32 +617,47 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if phase("bare", 30):
-            rows.append(run_generate(model, ids[:1], tokens, "transformers generate (bare)"))
-            save()
+            attempt(
+                "bare",
+                lambda: rows.append(run_generate(model, ids[:1], tokens, "transformers generate (bare)")),
+            )
         for n in streams:
             if phase("static", 30):
-                rows.append(run_generate(model, ids[:n], tokens, "transformers generate (static batch)"))
-                save()
+                attempt(
+                    f"static {n}",
+                    lambda n=n: rows.append(
+                        run_generate(model, ids[:n], tokens, "transformers generate (static batch)")
+                    ),
+                )
         if phase("cb", 60):
-            rows.extend(run_cb(model, ids, streams, tokens, smoke))
-            save()
+            attempt("cb", lambda: rows.extend(run_cb(model, ids, streams, tokens, smoke)))
     finally:
-        del model
+        model = None  # the weights go before the worker loads its own
         _reset_peak(torch.device(device))
     want_worker = "modelgate" not in skip or "oom" not in skip
+    proc = None
     if want_worker and phase("worker", 90):
         t = time.perf_counter()
-        proc, url = start_worker(model_dir, smoke, max(max(streams), 8) + 1)
+        try:
+            proc, url = start_worker(model_dir, smoke, max(max(streams), 8) + 1, remaining() - 30)
+        except Exception as exc:
+            result["errors"].append(f"worker: {' '.join(str(exc).split())[-1500:]}")
         env["worker_load_s"] = time.perf_counter() - t
+    if proc is not None:
         try:
             for n in streams:
                 if phase("modelgate", 20):
-                    rows.append(run_worker_streams(url, texts[:n], tokens))
-                    save()
+                    attempt(
+                        f"modelgate {n}", lambda n=n: rows.append(run_worker_streams(url, texts[:n], tokens))
+                    )
             if phase("oom", 60):
                 if smoke:
                     cap_address_space(proc.pid, 200 << 20)
-                result["oom"] = run_oom(url, texts, max(tokens, 256), oom_prompt_tokens(shape, smoke))
+
+                def oom_phase() -> None:
+                    result["oom"] = run_oom(url, texts, max(tokens, 256), oom_prompt_tokens(shape, smoke))
+
+                attempt("oom", oom_phase)
         finally:
             proc.terminate()
             try:
@@ -621,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     oom = result["oom"]
-    return 0 if oom is None or oom["ok"] else 1
+    return 0 if not result["errors"] and (oom is None or oom["ok"]) else 1
 
 
 if __name__ == "__main__":

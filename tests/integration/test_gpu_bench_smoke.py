@@ -37,6 +37,7 @@ def test_gpu_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "gpu_bench.json").read_text())
+    assert result["errors"] == [] and result["skipped"] == []
     engines = {(r["engine"], r["streams"]) for r in result["rows"]}
     assert engines == {
         ("transformers generate (bare)", 1),
@@ -58,3 +59,20 @@ def test_gpu_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         "others"
     ] == 8
     assert "| modelgate worker | 4 |" in proc.stdout and "503 out_of_memory" in proc.stdout
+
+
+def test_phases_that_would_start_too_late_are_skipped_and_named(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu/run.py", "--smoke", "--budget-s", "1", "--skip", "cb"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "gpu_bench.json").read_text())
+    assert result["rows"] == [] and result["oom"] is None
+    assert [s.split(" ")[0] for s in result["skipped"]] == ["bare", "static", "static", "worker"]
+    assert "Skipped: bare (out of time" in proc.stdout
