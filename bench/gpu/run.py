@@ -11,9 +11,9 @@ and 64 streams of 256 tokens each:
 - ``modelgate``: ``modelgate worker`` in its own process, N concurrent streaming
   ``/v1/completions`` requests over HTTP (time to first token as a client sees it).
 
-Reported: tokens/s, TTFT p50/p99, peak GPU memory (the GPU's used memory, polled
-with nvidia-smi, above what it was before the phase: the engine's weights, cache and
-activations; torch's own peak for the in-process phases too), and the
+Reported: tokens/s, TTFT p50/p99, peak GPU memory above the loaded model (the GPU's
+used memory, polled with nvidia-smi: the engine's cache and activations; torch's own
+peak, weights included, for the in-process phases too), and the
 memory-bandwidth bound (every decode step reads all weights once:
 ``streams * bandwidth / weight bytes`` tokens/s at most, KV reads left out).
 Last, one request that cannot fit in GPU memory (a prompt whose prefill alone needs
