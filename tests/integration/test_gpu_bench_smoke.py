@@ -74,5 +74,5 @@ def test_phases_that_would_start_too_late_are_skipped_and_named(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "gpu_bench.json").read_text())
     assert result["rows"] == [] and result["oom"] is None
-    assert [s.split(" ")[0] for s in result["skipped"]] == ["bare", "static", "static", "worker"]
-    assert "Skipped: bare (out of time" in proc.stdout
+    assert [s.split(" ")[0] for s in result["skipped"]] == ["worker", "bare", "static", "static"]
+    assert "Skipped: worker (out of time" in proc.stdout
