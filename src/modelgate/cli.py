@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--dtype", default="auto")
     w.add_argument("--task", choices=["chat", "embedding"], default="chat")
     w.add_argument("--max-batch-size", type=int, default=32)
+    w.add_argument("--device-map", help="from_pretrained's device_map: auto, cpu, cuda:0 (needs accelerate)")
+    w.add_argument(
+        "--quantization", help='a quantization_config as JSON, e.g. {"quant_method": "bitsandbytes", ...}'
+    )
+    w.add_argument("--attn-implementation", help="sdpa, eager, flash_attention_2, ...")
     w.add_argument("--api-keys-file", help="keys clients must send, one a line (MODELGATE_* env is ignored)")
     w.add_argument("--api-keys-env", help="name of a variable holding comma-separated keys")
     w.add_argument(

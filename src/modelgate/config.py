@@ -373,6 +373,11 @@ class ModelConfig(_Frozen):
     tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
     # KV of recent prompt prefixes kept for reuse (MiB, on the model's device); 0 turns it off
     kv_prefix_cache_mb: int = Field(256, ge=0)
+    # from_pretrained passthrough (plain directories; docs/engine.md): a device map
+    # ("auto", "cpu", {"model.layers.0": 0, ...}), a quantization_config dict, attention
+    device_map: str | dict[str, str | int] | None = None
+    quantization: dict[str, Any] | None = None
+    attn_implementation: str | None = None
     # a failed load is retried with backoff (base * 2**n, capped), as a crashed worker is;
     # one that cannot change (a missing file, a wrong key) is not
     load_retries: int = Field(5, ge=0)

@@ -12,7 +12,14 @@ scipy and sympy), and two threads importing them at once see each other's
 half-initialised modules (``cannot import name 'PreTrainedTokenizerFast' from
 'transformers'``).  So building the tokenizer and the empty model on the meta
 device, the step that imports, runs under one lock (``IMPORTS``); reading the
-weights, moving them to the device and warming up run in parallel.
+weights, moving them to the device and warming up run in parallel (in-memory files;
+a directory's ``from_pretrained`` runs wholly under the lock, see ``_load_pretrained``).
+
+A plain directory loads through transformers' ``from_pretrained``, so what users
+set there works as they expect: ``quantization_config`` (the model's own, or the
+config's ``quantization``: bitsandbytes, torchao, GPTQ/AWQ where their kernels are
+installed), ``device_map`` and ``attn_implementation``.  A sealed (in-memory) model
+keeps the meta-device path above: it has no path for ``from_pretrained`` to read.
 """
 
 from __future__ import annotations
@@ -242,6 +249,22 @@ def _build(config_dict: dict[str, Any], *, embedding: bool, trust_remote_code: b
     return config, auto
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """What ``from_pretrained`` takes beyond the files (plain directories only):
+    ``device_map`` (``"auto"``, ``"cpu"``, ``"cuda:0"``, or a module -> device mapping;
+    needs accelerate), ``quantization`` (a ``quantization_config`` as a dict, with
+    ``quant_method``) and ``attn_implementation`` (``"sdpa"``, ``"eager"``, ...)."""
+
+    device_map: str | Mapping[str, Any] | None = None
+    quantization: Mapping[str, Any] | None = None
+    attn_implementation: str | None = None
+
+    @property
+    def needs_pretrained(self) -> bool:
+        return self.device_map is not None or self.quantization is not None
+
+
 def load_model(
     files: ModelFiles,
     *,
@@ -249,30 +272,42 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     embedding: bool = False,
+    options: LoadOptions | None = None,
 ) -> LoadedModel:
-    """Load a causal LM (or, with ``embedding``, an encoder) and its tokenizer."""
+    """Load a causal LM (or, with ``embedding``, an encoder) and its tokenizer: a plain
+    directory through ``from_pretrained``, in-memory files through the meta device."""
     import torch
 
+    opts = options or LoadOptions()
     config_dict = read_json(files, "config.json")
     if not isinstance(config_dict, dict):
         raise ModelFormatError("the model has no config.json")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev, config_dict)
-    if trust_remote_code and isinstance(files, DirectoryFiles):
-        with IMPORTS:  # custom code is imported while it loads: the whole load, one at a time
-            from transformers import AutoModel, AutoModelForCausalLM
-
-            auto = AutoModel if embedding else AutoModelForCausalLM
-            tokenizer = load_tokenizer(files)
-            model = auto.from_pretrained(files.root, trust_remote_code=True, dtype=torch_dtype).to(dev)
+    if isinstance(files, DirectoryFiles):
+        model, tokenizer = _load_pretrained(
+            files,
+            config_dict,
+            dev,
+            torch_dtype,
+            opts,
+            embedding=embedding,
+            trust_remote_code=trust_remote_code,
+        )
+        dev = _input_device(model, dev)
     else:
         if config_dict.get("auto_map") and trust_remote_code:
             raise ConfigError("custom model code cannot be loaded from a sealed (in-memory) model")
+        if opts.needs_pretrained or config_dict.get("quantization_config"):
+            raise ConfigError(
+                "quantization and device_map load only from a plain model directory, not a sealed model"
+            )
         with IMPORTS:
             tokenizer = load_tokenizer(files)
             config, auto = _build(config_dict, embedding=embedding, trust_remote_code=trust_remote_code)
+            attn = {"attn_implementation": opts.attn_implementation} if opts.attn_implementation else {}
             with torch.device("meta"):
-                model = auto.from_config(config, dtype=torch_dtype)
+                model = auto.from_config(config, dtype=torch_dtype, **attn)
         _materialise(model, _state_dict(files), dev, torch_dtype)
     model.eval()
     return LoadedModel(
@@ -283,6 +318,97 @@ def load_model(
         max_context=_max_context(config_dict, tokenizer),
         files=tuple(files.names()),
     )
+
+
+def _load_pretrained(
+    files: DirectoryFiles,
+    config_dict: dict[str, Any],
+    dev: Any,
+    torch_dtype: Any,
+    opts: LoadOptions,
+    *,
+    embedding: bool,
+    trust_remote_code: bool,
+) -> tuple[Any, Any]:
+    """``from_pretrained`` on a directory, wholly under ``IMPORTS``: it imports as it
+    loads (quantizers, integrations), and it is not thread-safe — four loads of the demo
+    model at once in transformers 5.25 all came back with ``lm_head`` untied and random
+    (``missing_keys``: lm_head.weight), one at a time never.  Directory loads therefore
+    run one after another; the missing-keys check below refuses such a model."""
+    _weight_names(files)  # safetensors only, before transformers falls back to pickles
+    quant = config_dict.get("quantization_config") or opts.quantization
+    method = str(quant.get("quant_method", "?")) if isinstance(quant, Mapping) else None
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": True, "output_loading_info": True}
+    if opts.attn_implementation:
+        kwargs["attn_implementation"] = opts.attn_implementation
+    if opts.device_map is not None:
+        kwargs["device_map"] = (
+            dict(opts.device_map) if isinstance(opts.device_map, Mapping) else opts.device_map
+        )
+    elif quant is not None and dev.type != "cpu":
+        kwargs["device_map"] = str(dev)  # quantized weights are placed as they load
+    with IMPORTS:
+        tokenizer = load_tokenizer(files)
+        if trust_remote_code and config_dict.get("auto_map"):
+            from transformers import AutoModel, AutoModelForCausalLM
+
+            model_cls: Any = AutoModel if embedding else AutoModelForCausalLM
+            kwargs["trust_remote_code"] = True
+        else:
+            config, auto = _build(config_dict, embedding=embedding, trust_remote_code=trust_remote_code)
+            model_cls = auto._model_mapping[type(config)]  # imports the modeling module
+            kwargs["config"] = config
+        if opts.quantization is not None:
+            kwargs["quantization_config"] = _quantization_config(opts.quantization)
+        if "device_map" in kwargs:
+            _require_accelerate()
+        model, info = _from_pretrained(model_cls, files.root, kwargs, method)
+    missing = list(info.get("missing_keys") or ())
+    if missing:
+        raise ModelFormatError(f"the weights lack {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+    if "device_map" not in kwargs and quant is None:
+        model = model.to(dev)
+    return model, tokenizer
+
+
+def _from_pretrained(
+    model_cls: Any, root: Path, kwargs: dict[str, Any], method: str | None
+) -> tuple[Any, Any]:
+    try:
+        model, info = model_cls.from_pretrained(root, **kwargs)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        if method is None or (isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError)):
+            raise
+        raise ConfigError(f"quantization {method!r} cannot load here: {' '.join(str(exc).split())}") from exc
+    return model, info
+
+
+def _quantization_config(raw: Mapping[str, Any]) -> Any:
+    """A ``quantization`` dict as transformers' config object, or a clear error."""
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    method = raw.get("quant_method")
+    if not method:
+        raise ConfigError("quantization needs 'quant_method' (e.g. bitsandbytes, torchao, gptq, awq)")
+    try:
+        return AutoQuantizationConfig.from_dict(dict(raw))
+    except (ImportError, ValueError, TypeError) as exc:
+        raise ConfigError(f"quantization {method!r}: {' '.join(str(exc).split())}") from exc
+
+
+def _require_accelerate() -> None:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ConfigError("device_map needs the accelerate package (pip install 'accelerate>=1.1')") from None
+
+
+def _input_device(model: Any, default: Any) -> Any:
+    """Where input ids go: the input embeddings' device (a device map may spread the rest)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return getattr(model, "device", default)
 
 
 def _eos_ids(files: ModelFiles, config: Mapping[str, Any], tokenizer: Any) -> frozenset[int]:

@@ -15,7 +15,14 @@ from modelgate.engine.batching import BatchLimits
 from modelgate.engine.embedder import Embedder, pooling_spec
 from modelgate.engine.engine import Engine
 from modelgate.engine.grammar import Grammars
-from modelgate.engine.loader import IMPORTS, DirectoryFiles, LoadedModel, ModelFiles, load_model
+from modelgate.engine.loader import (
+    IMPORTS,
+    DirectoryFiles,
+    LoadedModel,
+    LoadOptions,
+    ModelFiles,
+    load_model,
+)
 from modelgate.engine.tools import ToolFormat, pick_format, template_messages
 from modelgate.errors import ConfigError, InvalidRequest, ModelGateError, ModelNotReady
 from modelgate.types import GenerationRequest
@@ -179,6 +186,11 @@ def load_local_model(
             dtype=model.dtype,
             trust_remote_code=model.trust_remote_code,
             embedding=embedding,
+            options=LoadOptions(
+                device_map=model.device_map,
+                quantization=model.quantization,
+                attn_implementation=model.attn_implementation,
+            ),
         )
         spec = pooling_spec(files, loaded.max_context) if embedding else None
     finally:

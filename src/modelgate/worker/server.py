@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -46,6 +47,14 @@ def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         model["aliases"] = ["tgi"]
     if args.key_file:
         model["key_file"] = args.key_file
+    for flag in ("device_map", "attn_implementation"):
+        if getattr(args, flag, None):
+            model[flag] = getattr(args, flag)
+    if getattr(args, "quantization", None):
+        try:
+            model["quantization"] = json.loads(args.quantization)
+        except ValueError as exc:
+            raise ConfigError(f"--quantization: not JSON: {exc}") from None
     auth = {}
     if getattr(args, "api_keys_file", None):
         auth["api_keys_file"] = args.api_keys_file

@@ -84,7 +84,7 @@ def test_format_problems_are_model_format_errors_and_preflight_finds_them(tiny_m
 
 def test_loads_import_one_at_a_time_and_read_weights_side_by_side(tiny_model, monkeypatch) -> None:
     """Two loads at once: never both in the step that imports (the tokenizer, the model
-    class, the meta build), and both in the weights at the same time."""
+    class, the meta build), and both in the weights at the same time (in-memory files)."""
     import threading
     import time
 
@@ -101,17 +101,26 @@ def test_loads_import_one_at_a_time_and_read_weights_side_by_side(tiny_model, mo
         inside[0] -= 1
         return real_tokenizer(files)
 
-    def meeting_state(files):
+    def meeting_state(*args):
         both_reading.wait()  # broken (an error) unless the other load reads its weights too
-        return real_state(files)
+        return real_state(*args)
 
     monkeypatch.setattr(loader, "load_tokenizer", counted_tokenizer)
     monkeypatch.setattr(loader, "_state_dict", meeting_state)
     results: list[object] = []
 
+    def files():
+        return MemoryFiles(
+            {
+                p.relative_to(tiny_model).as_posix(): p.read_bytes()
+                for p in tiny_model.rglob("*")
+                if p.is_file()
+            }
+        )
+
     def load() -> None:
         try:
-            results.append(load_model(loader.DirectoryFiles(tiny_model), device="cpu"))
+            results.append(load_model(files(), device="cpu"))
         except BaseException as exc:
             results.append(exc)
 
@@ -122,3 +131,48 @@ def test_loads_import_one_at_a_time_and_read_weights_side_by_side(tiny_model, mo
         t.join(60)
     assert len(results) == 2 and not any(isinstance(r, BaseException) for r in results), results
     assert most[0] == 1
+
+
+def test_directory_loads_run_from_pretrained_one_at_a_time_and_come_back_whole(
+    tiny_model, monkeypatch
+) -> None:
+    """transformers' from_pretrained is not thread-safe (four at once: lm_head untied and
+    random in all four), so directory loads take turns, and every model is whole."""
+    import threading
+    import time
+
+    import torch
+
+    from modelgate.engine import loader
+
+    inside, most = [0], [0]
+    real = loader._from_pretrained
+
+    def counted(*args):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        try:
+            return real(*args)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(loader, "_from_pretrained", counted)
+    results: list[object] = []
+
+    def load() -> None:
+        try:
+            results.append(load_model(loader.DirectoryFiles(tiny_model), device="cpu"))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3 and not any(isinstance(r, BaseException) for r in results), results
+    assert most[0] == 1
+    ids = torch.tensor([[1, 2, 3]])
+    first = results[0].model(ids).logits  # type: ignore[attr-defined]
+    assert all(torch.equal(r.model(ids).logits, first) for r in results)  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from modelgate.engine.loader import DirectoryFiles, MemoryFiles, load_model
+from modelgate.engine.loader import DirectoryFiles, LoadOptions, MemoryFiles, load_model
 from modelgate.errors import ConfigError, EngineError
 
 
@@ -62,3 +62,89 @@ def test_dtype_and_unavailable_cuda(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             load_model(DirectoryFiles(tiny_model), device="cuda:0")
+
+
+# -- from_pretrained for plain directories (issue 16 item 6) ----------------------------
+
+
+def test_plain_directory_loads_through_from_pretrained_with_the_same_logits(tiny_model, monkeypatch):
+    from modelgate.engine import loader
+
+    calls = []
+    real = loader._from_pretrained
+
+    def spy(*args):
+        calls.append(args[0].__name__)
+        return real(*args)
+
+    monkeypatch.setattr(loader, "_from_pretrained", spy)
+    plain = load_model(DirectoryFiles(tiny_model), device="cpu")
+    sealed_like = load_model(memory_copy(tiny_model), device="cpu")  # the in-memory path
+    assert calls == ["Qwen2ForCausalLM"]
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    assert torch.equal(plain.model(ids).logits, sealed_like.model(ids).logits)
+
+
+@pytest.mark.parametrize("device_map", ["auto", "cpu", {"": "cpu"}])
+def test_device_map_is_accepted(tiny_model, device_map, monkeypatch):
+    from modelgate.engine import loader
+
+    pytest.importorskip("accelerate")
+    passed = []
+    real = loader._from_pretrained
+
+    def spy(model_cls, root, kwargs, method):
+        passed.append(kwargs.get("device_map"))
+        return real(model_cls, root, kwargs, method)
+
+    ref = load_model(DirectoryFiles(tiny_model), device="cpu")
+    monkeypatch.setattr(loader, "_from_pretrained", spy)
+    lm = load_model(DirectoryFiles(tiny_model), device="cpu", options=LoadOptions(device_map=device_map))
+    assert passed == [device_map] and lm.device == torch.device("cpu")
+    ids = torch.tensor([[7, 7, 1, 2]])
+    assert torch.equal(lm.model(ids).logits, ref.model(ids).logits)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "named"),
+    [
+        ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes"),
+        ({"quant_method": "torchao", "quant_type": "int8_weight_only"}, "torchao"),
+        ({"quant_method": "gptq", "bits": 4}, "gptq"),
+        ({"quant_method": "no-such-method"}, "no-such-method"),
+    ],
+)
+def test_quantization_without_its_kernels_is_a_clear_config_error(tiny_model, quantization, named):
+    import importlib.util
+
+    needs = {"bitsandbytes": "bitsandbytes", "torchao": "torchao", "gptq": "gptqmodel"}.get(named)
+    if needs and importlib.util.find_spec(needs) and torch.cuda.is_available():
+        pytest.skip(f"{needs} is installed here: nothing is absent")
+    with pytest.raises(ConfigError, match=f"quantization '{named}'") as err:
+        load_model(DirectoryFiles(tiny_model), device="cpu", options=LoadOptions(quantization=quantization))
+    assert err.value.permanent
+
+
+def test_a_checkpoints_own_quantization_config_is_named_too(tmp_path, tiny_model):
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "awq")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="quantization 'awq'"):
+        load_model(DirectoryFiles(model), device="cpu")
+
+
+def test_sealed_models_keep_the_in_memory_path_and_refuse_what_needs_a_directory(tiny_model):
+    with pytest.raises(ConfigError, match="plain model directory"):
+        load_model(memory_copy(tiny_model), device="cpu", options=LoadOptions(device_map="auto"))
+    lm = load_model(memory_copy(tiny_model), device="cpu", options=LoadOptions(attn_implementation="eager"))
+    assert lm.model.config._attn_implementation == "eager"
+
+
+def test_attn_implementation_reaches_the_model(tiny_model):
+    lm = load_model(
+        DirectoryFiles(tiny_model), device="cpu", options=LoadOptions(attn_implementation="eager")
+    )
+    assert lm.model.config._attn_implementation == "eager"
