@@ -26,23 +26,12 @@ from typing import Any
 
 from modelgate.errors import InvalidRequest
 from modelgate.types import GenerationRequest
+from modelgate.wire.convert import NEVER_FORWARD  # one list: the wire refuses them too
 
 # the request itself: what every backend takes
 REQUEST = frozenset({"model", "messages", "prompt", "stream", "stream_options"})
 # accepted, never acted on, never sent (unless a model's forward_extra names them)
 DROPPED = frozenset({"store", "metadata", "service_tier", "user"})
-# never sent to an upstream, whatever a model's forward_extra says
-NEVER_FORWARD = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "chat_template",
-        "kv_transfer_params",
-        "ec_transfer_params",
-        "vllm_xargs",
-    }
-)
 SAMPLING = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed"})
 # values that ask for nothing: accepted where the parameter is not honoured
 _NEUTRAL: Mapping[str, tuple[Any, ...]] = MappingProxyType(
