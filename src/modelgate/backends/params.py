@@ -209,6 +209,7 @@ TGI_MESSAGES = ParamTable(
         "top_logprobs",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "response_format",
     },
     takes_extra=True,
@@ -242,6 +243,7 @@ LOCAL = ParamTable(
         "logit_bias",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "response_format",
     },
 )
