@@ -316,7 +316,13 @@ class Soak:
             "health": {"interval_s": 0.5, "timeout_s": 2},
             "supervisor": {"state_dir": str(tmp / "state")},
             "models": [
-                {"id": "demo", "backend": "local", "path": str(model), "device": "cpu"},
+                {
+                    "id": "demo",
+                    "backend": "local",
+                    "path": str(model),
+                    "device": "cpu",
+                    **self.args.demo_extra,
+                },
                 {
                     "id": "tgi",
                     "backend": "tgi",
@@ -492,8 +498,11 @@ def main() -> None:
     )
     parser.add_argument("--client-timeout-s", type=float, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kv-prefix-cache-mb", type=int, help="the demo model's (default: the gateway's)")
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args()
+    extra = {} if args.kv_prefix_cache_mb is None else {"kv_prefix_cache_mb": args.kv_prefix_cache_mb}
+    args.demo_extra = extra
     result = asyncio.run(Soak(args).run())
     print(markdown(result))
     print(json.dumps(result, indent=1))
