@@ -12,8 +12,8 @@ request by ``Router.resolve``: ``served`` names the model that answered."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelgate.errors import (
     InsufficientCapacity,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from modelgate.router.router import ModelHandle
     from modelgate.types import Chunk, EmbeddingRequest, EmbeddingResult, GenerationRequest
 
+T = TypeVar("T")
 CHARS_PER_TOKEN = 4
 
 
@@ -120,31 +121,24 @@ class FallbackHandle:
         assert last is not None
         raise last
 
-    async def complete(self, request: GenerationRequest) -> list[Chunk]:
+    def complete(self, request: GenerationRequest) -> Awaitable[list[Chunk]]:
+        return self._first(request, True, lambda handle, req: handle.complete(req))
+
+    def embed(self, request: EmbeddingRequest) -> Awaitable[EmbeddingResult]:
+        return self._first(request, False, lambda handle, req: handle.embed(req))
+
+    async def _first(self, request: Any, generation: bool, call: Callable[[Any, Any], Awaitable[T]]) -> T:
+        """The first candidate that can serve an awaited call; the last refusal otherwise.
+        A fallback that cannot take a generation (``check``) is skipped."""
         last: BaseException | None = None
-        for handle, req in self._candidates(request, True):
-            if handle is not self._primary:
+        for handle, req in self._candidates(request, generation):
+            if generation and handle is not self._primary:
                 try:
                     handle.check(req)
                 except ModelGateError:
                     continue
             try:
-                result = await handle.complete(req)
-            except ModelGateError as exc:
-                if not cannot_serve(exc):
-                    raise
-                last = exc
-                continue
-            self._served(handle)
-            return result
-        assert last is not None
-        raise last
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        last: BaseException | None = None
-        for handle, req in self._candidates(request, False):
-            try:
-                result = await handle.embed(req)
+                result = await call(handle, req)
             except ModelGateError as exc:
                 if not cannot_serve(exc):
                     raise
