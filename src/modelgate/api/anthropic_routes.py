@@ -7,7 +7,7 @@ import orjson
 
 from modelgate.api.frontdoor import answer
 from modelgate.api.middleware import Routes
-from modelgate.api.openai_routes import _model, _router, read_json
+from modelgate.api.openai_routes import request_model
 from modelgate.errors import ModelGateError
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.wire import anthropic
@@ -23,10 +23,7 @@ def anthropic_error(exc: ModelGateError, rid: str) -> Response:
 async def messages(request: Request) -> Response | StreamResponse:
     info = request.info
     state = info.state
-    router = _router(state)
-    info.route = "messages"
-    body = read_json(request)
-    handle = _model(router, request, body)
+    body, handle = request_model(request, "messages")
     req = anthropic.messages_request(body, handle.model, state.config.limits, info.rid)
     msg_id = "msg_" + info.rid
     client_model = body["model"]
@@ -47,10 +44,7 @@ async def count_tokens(request: Request) -> Response:
     characters a token), and the answer says so in ``x-modelgate-token-count``."""
     info = request.info
     state = info.state
-    router = _router(state)
-    info.route = "count_tokens"
-    body = read_json(request)
-    handle = _model(router, request, body)
+    body, handle = request_model(request, "count_tokens")
     req = anthropic.messages_request(body, handle.model, state.config.limits, info.rid, counting=True)
     handle.check(req)
     chunks = await handle.complete(req)

@@ -66,6 +66,15 @@ def _model(router: Router, request: Request, body: Any) -> ModelHandle:
     return handle
 
 
+def request_model(request: Request, route: str) -> tuple[dict[str, Any], ModelHandle]:
+    """What every model route starts with: the router (503 while shutting down), the
+    route named for metrics, the JSON body, and its model resolved once."""
+    router = _router(request.info.state)
+    request.info.route = route
+    body = read_json(request)
+    return body, _model(router, request, body)
+
+
 def _router(state: State) -> Router:
     if state.draining or state.router is None:
         raise ShuttingDown("The server is shutting down.", retry_after=1)
@@ -74,10 +83,7 @@ def _router(state: State) -> Router:
 
 async def _generate(request: Request, *, kind: str) -> Response | StreamResponse:
     info = request.info
-    router = _router(info.state)
-    info.route = kind
-    body = read_json(request)
-    handle = _model(router, request, body)
+    body, handle = request_model(request, kind)
     convert_request = convert.chat_request if kind == "chat" else convert.completion_request
     req = convert_request(body, handle.model, info.state.config.limits, info.rid)
     handle.check(req)
@@ -149,10 +155,7 @@ completions = functools.partial(_generate, kind="completion")
 
 async def embeddings(request: Request) -> Response | StreamResponse:
     info = request.info
-    router = _router(info.state)
-    info.route = "embeddings"
-    body = read_json(request)
-    handle = _model(router, request, body)
+    body, handle = request_model(request, "embeddings")
     model = handle.model
     if model.task != "embedding" and model.in_process:
         raise InvalidRequest(f"Model `{model.id}` is not an embedding model.", param="model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from modelgate.api.frontdoor import answer
 from modelgate.api.middleware import Routes
-from modelgate.api.openai_routes import _model, _router, read_json
+from modelgate.api.openai_routes import request_model
 from modelgate.http.messages import Request, Response, StreamResponse
 from modelgate.wire import responses
 
@@ -13,10 +13,7 @@ from modelgate.wire import responses
 async def create(request: Request) -> Response | StreamResponse:
     info = request.info
     state = info.state
-    router = _router(state)
-    info.route = "responses"
-    body = read_json(request)
-    handle = _model(router, request, body)
+    body, handle = request_model(request, "responses")
     req, wire = responses.responses_request(body, handle.model, state.config.limits, info.rid)
     env = responses.Envelope("resp_" + info.rid, body["model"], wire)
     return await answer(
