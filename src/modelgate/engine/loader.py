@@ -308,7 +308,9 @@ def load_model(
             attn = {"attn_implementation": opts.attn_implementation} if opts.attn_implementation else {}
             with torch.device("meta"):
                 model = auto.from_config(config, dtype=torch_dtype, **attn)
-        _materialise(model, _state_dict(files), dev, torch_dtype)
+        state = _state_dict(files)  # reading and decrypting: side by side with other loads
+        with IMPORTS:  # tying weights is transformers' too: not safe from two threads at once
+            _materialise(model, state, dev, torch_dtype)
     model.eval()
     return LoadedModel(
         model=model,
